@@ -1,0 +1,199 @@
+"""The `mllm-arb` command line: one small function per stage, configuration composed by Hydra.
+
+Every command takes Hydra overrides after its options (`mllm-arb evaluate model=qwen2_5_vl_tiny
+data.limit=32`) and `--cfg` to print the composed configuration instead of running.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. model=llava_tiny data.limit=32")
+PRINT_CFG = typer.Option(False, "--cfg", help="Print the composed config and exit.")
+
+
+def conf_dir() -> Path:
+    env = os.environ.get("MLLM_ARB_CONF")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: list[str] | None) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+@contextmanager
+def user_errors():
+    """Bad input ends in one clear line and exit code 2, never a traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        err_console.print(f"[bold red]config error:[/] {msg}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def prepare(overrides: list[str] | None, print_cfg: bool) -> DictConfig | None:
+    cfg = compose(overrides)
+    OmegaConf.resolve(cfg)  # fail now on a missing mandatory value (???), not half-way through
+    if print_cfg:
+        console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
+        return None
+    return cfg
+
+
+def progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def load_model(cfg: DictConfig):
+    from .models.loading import load_adapter
+
+    m = cfg.model
+    return load_adapter(
+        m.path,
+        dtype=m.dtype,
+        device=m.device,
+        attn_implementation=m.attn_implementation,
+        padding_side=m.padding_side,
+        name=m.name,
+    )
+
+
+# ------------------------------------------------------------------------------------- commands
+@app.command("models")
+def models_cmd() -> None:
+    """List supported model families and their configs."""
+    from .models.loading import ADAPTERS
+
+    configs = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+    table = Table(title="Supported model families")
+    for col in ("family", "model types", "example checkpoint", "configs"):
+        table.add_column(col)
+    for a in ADAPTERS:
+        mine = [c for c in configs if c.startswith(a.family + "_") or c == a.family]
+        table.add_row(a.family, ", ".join(a.model_types), a.example_checkpoint, ", ".join(mine))
+    table.add_row("organism (llava)", "llava", "shipped in the package", "organism")
+    console.print(table)
+
+
+@app.command("build-data")
+def build_data_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Build a conflict dataset from the `data` config group and save it into a run directory."""
+    with user_errors():
+        cfg = prepare(overrides, print_cfg)
+        if cfg is None:
+            return
+        from .data.sources import build_items
+        from .data.store import save_items
+        from .runs import RunDir
+
+        run = RunDir.create(cfg.output_dir, "build-data", cfg.data.source, cfg)
+        with run.timed("build"):
+            items, fp = build_items(cfg.data)
+            save_items(items, run.file("dataset"), fp, meta={"source": cfg.data.source, "n_items": len(items)})
+        counts: dict[str, int] = {}
+        for it in items:
+            counts[it.task] = counts.get(it.task, 0) + 1
+        run.write_json("results.json", {"n_items": len(items), "fingerprint": fp, "per_task": counts})
+        run.write_manifest(dataset_fingerprint=fp)
+        table = Table(title=f"{len(items)} items ({fp})")
+        table.add_column("task")
+        table.add_column("items", justify="right")
+        for task, n in sorted(counts.items()):
+            table.add_row(task, str(n))
+        console.print(table)
+        console.print(f"dataset: {run.file('dataset')}  (use: data=disk data.path={run.file('dataset')})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Behaviour: score every condition and report the modality-following ratio with intervals."""
+    with user_errors():
+        cfg = prepare(overrides, print_cfg)
+        if cfg is None:
+            return
+        from .analysis.behaviour import mfr_table, score_samples
+        from .data.records import Condition
+        from .data.sources import build_items
+        from .data.templates import render_all
+        from .runs import RunDir
+
+        try:
+            conditions = [Condition(c) for c in cfg.conditions]
+        except ValueError as exc:
+            raise UserError(f"{exc}; conditions are {', '.join(c.value for c in Condition)}") from None
+        items, fp = build_items(cfg.data)
+        samples = render_all(items, conditions, **cfg.templates)
+        adapter = load_model(cfg)
+        run = RunDir.create(cfg.output_dir, "evaluate", cfg.model.name, cfg)
+        run.write_manifest(dataset_fingerprint=fp, model_source=str(cfg.model.path), n_samples=len(samples))
+        with run.timed("score"), progress() as bar:
+            task = bar.add_task("scoring", total=len(samples))
+            rows = score_samples(
+                adapter,
+                samples,
+                batch_size=cfg.batch_size,
+                generate_tokens=cfg.scoring.generate_tokens,
+                on_batch=lambda n: bar.advance(task, n),
+            )
+        run.write_table("samples.parquet", [r.to_row() for r in rows])
+        table = mfr_table(rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
+        run.write_json("results.json", {"model": adapter.name, "dataset_fingerprint": fp, "mfr": table})
+        print_mfr(table, title=f"{adapter.name} on {cfg.data.source} ({len(items)} items)")
+        console.print(f"run directory: {run.path}")
+
+
+def print_mfr(table: dict[str, dict], title: str) -> None:
+    out = Table(title=title)
+    for col in ("condition", "n", "MFR / accuracy", "95% CI", "mean log-odds"):
+        out.add_column(col, justify="left" if col == "condition" else "right")
+    for key, entry in table.items():
+        if "/" in key:
+            continue
+        m, lo = entry["mfr"], entry["log_odds"]
+        out.add_row(key, str(m["n"]), f"{m['mean']:.3f}", f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]", f"{lo['mean']:+.2f}")
+    console.print(out)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="mllm-arb")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Build conflict items from the `data` config group, whatever the source."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UserError
+from .records import ConflictItem
+
+
+def build_items(data: DictConfig) -> tuple[list[ConflictItem], str]:
+    """Items and a fingerprint that changes whenever the items could."""
+    source = data.get("source")
+    limit = data.get("limit")
+    if source == "synthetic":
+        from .synthetic import SyntheticConfig, fingerprint, generate_items
+
+        fields = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k in SyntheticConfig.__dataclass_fields__}
+        if limit:
+            fields["n_items"] = min(int(limit), int(fields.get("n_items", limit)))
+        cfg = SyntheticConfig(**fields)
+        items, fp = generate_items(cfg), fingerprint(cfg)
+    elif source == "jsonl":
+        from .jsonl import load_jsonl
+
+        if not data.get("path"):
+            raise UserError("data=jsonl needs data.path=<items.jsonl>")
+        items, fp = load_jsonl(data.path, limit=limit)
+    elif source == "disk":
+        from .store import load_items
+
+        if not data.get("path"):
+            raise UserError("data=disk needs data.path=<folder written by build-data>")
+        items, fp = load_items(data.path)
+        if limit:
+            items = items[: int(limit)]
+            fp = hashlib.sha256(f"{fp}:{limit}".encode()).hexdigest()[:16]
+    else:
+        raise UserError(f"unknown data source {source!r}; choose synthetic, jsonl or disk")
+    if not items:
+        raise UserError(f"the dataset ({source}) holds no items")
+    return items, fp
+
+

@@ -1,0 +1,246 @@
+"""The model adapter: one object that knows how to load a family, turn samples into model inputs with
+exact token-group spans, and where the decoder's parts (layers, heads, norm, unembedding) live.
+
+Family files subclass `ModelAdapter` and override only what differs (a table of class attributes,
+occasionally one method). Everything else is found by introspection, never by hard-coded paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..data.records import Sample
+from ..data.templates import user_segments
+from ..errors import UserError
+from .prompting import SEGMENT_SEPARATOR, chat_messages, user_text
+
+GROUPS = ("image", "context", "instruction", "question", "format", "system", "last")
+
+
+@dataclass
+class Batch:
+    """Model inputs for a list of samples, with per-row token-group positions (padding included)."""
+
+    samples: list[Sample]
+    inputs: dict[str, torch.Tensor]
+    spans: list[dict[str, list[int]]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def last(self) -> list[int]:
+        return [s["last"][0] for s in self.spans]
+
+    def group_mask(self, group: str) -> torch.Tensor:
+        """[B, T] boolean mask of the positions of `group` in each row."""
+        ids = self.inputs["input_ids"]
+        mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        for row, spans in enumerate(self.spans):
+            if spans.get(group):
+                mask[row, spans[group]] = True
+        return mask
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    """Where the text decoder's parts live in a loaded model."""
+
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    unembed: nn.Module
+    n_heads: int
+    head_dim: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def o_proj(self, layer: int) -> nn.Linear:
+        return self.layers[layer].self_attn.o_proj
+
+    def attn(self, layer: int) -> nn.Module:
+        return self.layers[layer].self_attn
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp
+
+
+class ModelAdapter:
+    """Shared behaviour; a family file declares what differs as class attributes."""
+
+    family: ClassVar[str] = "base"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: whether the processor wants images nested per sample (`[[img], [img]]`)
+    nest_images: ClassVar[bool] = False
+    #: a real checkpoint people use with this family, for `mllm-arb models`
+    example_checkpoint: ClassVar[str] = ""
+    #: attribute names of the image token id in the model config, first found wins
+    image_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id", "image_token_index")
+    #: residual writers of a layer (Gemma's sandwich norms write through their post-norms)
+    attn_output_module: ClassVar[str] = "self_attn"
+    mlp_output_module: ClassVar[str] = "mlp"
+
+    def __init__(self, model: nn.Module, processor, name: str = "") -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.name = name or getattr(model.config, "_name_or_path", "") or self.family
+        self.parts = find_decoder_parts(model)
+        self.image_token_id = self._image_token_id()
+
+    # ---------------------------------------------------------------- introspection
+    def _image_token_id(self) -> int:
+        cfg = self.model.config
+        for attr in self.image_token_attrs:
+            value = getattr(cfg, attr, None)
+            if value is not None:
+                return int(value)
+        raise UserError(f"{self.family}: the model config names no image token id ({', '.join(self.image_token_attrs)})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def attn_writer(self, layer: int) -> nn.Module:
+        """The module whose output is the attention sublayer's write into the residual stream."""
+        return getattr(self.parts.layers[layer], self.attn_output_module)
+
+    def mlp_writer(self, layer: int) -> nn.Module:
+        return getattr(self.parts.layers[layer], self.mlp_output_module)
+
+    # ---------------------------------------------------------------- prompts
+    def prompt_text(self, sample: Sample) -> str:
+        return self.processor.apply_chat_template(chat_messages(sample), tokenize=False, add_generation_prompt=True)
+
+    def _images_arg(self, samples: Sequence[Sample]):
+        images = [s.image.convert("RGB") for s in samples]
+        return [[im] for im in images] if self.nest_images else images
+
+    def processor_call(self, prompts: list[str], samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        kwargs = {"text": prompts, "return_tensors": "pt", "padding": True}
+        if samples[0].image is not None:
+            kwargs["images"] = self._images_arg(samples)
+        return dict(self.processor(**kwargs))
+
+    def build_batch(self, samples: Sequence[Sample]) -> Batch:
+        """Render samples, run the processor once, and derive each row's token-group positions."""
+        samples = list(samples)
+        if not samples:
+            raise UserError("cannot build a batch from no samples")
+        if len({s.image is None for s in samples}) > 1:
+            raise ValueError("a batch must not mix samples with and without an image")
+        prompts = [self.prompt_text(s) for s in samples]
+        try:
+            inputs = self.processor_call(prompts, samples)
+        except (OSError, ValueError) as exc:  # PIL decoding errors are OSError subclasses
+            raise UserError(f"the processor rejected a batch ({samples[0].item_id}, ...): {exc}") from exc
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask", torch.ones_like(ids))
+        spans = []
+        for row, (sample, prompt) in enumerate(zip(samples, prompts)):
+            positions = mask[row].nonzero().flatten()
+            start, end = int(positions[0]), int(positions[-1]) + 1
+            row_spans = token_groups(self.tokenizer, prompt, sample, ids[row, start:end].tolist(), self.image_token_id)
+            spans.append({g: [p + start for p in pos] for g, pos in row_spans.items()})
+        moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        if "pixel_values" in moved and moved["pixel_values"].is_floating_point():
+            moved["pixel_values"] = moved["pixel_values"].to(self.model.dtype)
+        return Batch(samples=samples, inputs=moved, spans=spans)
+
+    # ---------------------------------------------------------------- running
+    @torch.no_grad()
+    def last_logits(self, batch: Batch) -> torch.Tensor:
+        """[B, V] next-token logits at each row's last prompt position."""
+        out = self.model(**batch.inputs, use_cache=False)
+        rows = torch.arange(len(batch), device=out.logits.device)
+        return out.logits[rows, torch.tensor(batch.last, device=out.logits.device)].float()
+
+
+# -------------------------------------------------------------------- spans
+def segment_char_ranges(prompt: str, sample: Sample) -> dict[str, tuple[int, int]]:
+    """Character ranges of the user-turn parts inside the rendered prompt."""
+    text = user_text(sample)
+    base = prompt.rfind(text)
+    if base < 0:
+        raise UserError("the chat template changed the user text; cannot locate the prompt parts")
+    ranges, cursor = {}, base
+    for group, part in user_segments(sample):
+        ranges[group] = (cursor, cursor + len(part))
+        cursor += len(part) + len(SEGMENT_SEPARATOR)
+    return ranges
+
+
+def token_groups(tokenizer, prompt: str, sample: Sample, row_ids: list[int], image_token_id: int) -> dict[str, list[int]]:
+    """Positions of every group in one unpadded row of processor output.
+
+    The processor expands image placeholders, so its ids are our own tokenization of the prompt with
+    runs of image (and wrapper) tokens inserted. Aligning the two sequences maps each of our tokens,
+    whose character offsets tell its group, onto its position in the row.
+    """
+    enc = tokenizer(prompt, return_offsets_mapping=True)
+    own_ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ranges = segment_char_ranges(prompt, sample)
+    own_group = []
+    for s0, e in offsets:
+        s = s0
+        while s < e and prompt[s].isspace():  # a leading space joins the word's group, not the previous one
+            s += 1
+        if s < e:
+            hit = [g for g, (a, b) in ranges.items() if s < b and e > a]
+        else:  # pure whitespace: inside a part it is that part's, between parts it is template text
+            hit = [g for g, (a, b) in ranges.items() if a <= s0 and e <= b]
+        own_group.append(hit[0] if hit else "system")
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
+    assigned = ["system"] * len(row_ids)
+    matcher = difflib.SequenceMatcher(a=own_ids, b=row_ids, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            assigned[block.b + k] = own_group[block.a + k]
+    for pos, tok in enumerate(row_ids):
+        group = "image" if tok == image_token_id else assigned[pos]
+        groups[group].append(pos)
+    groups["last"] = [len(row_ids) - 1]
+    for group, _ in user_segments(sample):
+        if not groups[group]:
+            raise UserError(f"sample {sample.item_id}: no tokens found for the {group} part of the prompt")
+    if sample.image is not None and not groups["image"]:
+        raise UserError(f"sample {sample.item_id}: the processor output holds no image tokens (id {image_token_id})")
+    return groups
+
+
+# -------------------------------------------------------------------- introspection
+def find_decoder_parts(model: nn.Module) -> DecoderParts:
+    """Find the text decoder's layer list, final norm and unembedding by shape, not by path.
+
+    Vision towers also hold lists of layers with `self_attn`; only the text decoder's attention has an
+    `o_proj`, and the longest such list under a module that also owns a `norm` is the decoder.
+    """
+    candidates = []
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) and all(
+                hasattr(getattr(layer, "self_attn", None), "o_proj") and hasattr(layer, "mlp") for layer in child
+            ):
+                if hasattr(module, "norm"):
+                    candidates.append((len(child), name, module, child))
+    if not candidates:
+        raise UserError(f"{type(model).__name__}: no text decoder layers with self_attn.o_proj found")
+    _, _, owner, layers = max(candidates, key=lambda c: c[0])
+    unembed = model.get_output_embeddings()
+    if unembed is None:
+        raise UserError(f"{type(model).__name__}: the model has no output embedding (lm_head)")
+    text_cfg = model.config.get_text_config()
+    n_heads = int(text_cfg.num_attention_heads)
+    o_in = layers[0].self_attn.o_proj.in_features
+    head_dim = int(getattr(text_cfg, "head_dim", None) or o_in // n_heads)
+    if n_heads * head_dim != o_in:
+        raise UserError(f"o_proj takes {o_in} features, not heads × head_dim = {n_heads} × {head_dim}")
+    return DecoderParts(layers=layers, final_norm=owner.norm, unembed=unembed, n_heads=n_heads, head_dim=head_dim)
+

@@ -1,0 +1,9 @@
+"""LLaVA-1.5: a fixed number of image tokens, all `<image>`; nothing else differs."""
+
+from .adapter import ModelAdapter
+
+
+class LlavaAdapter(ModelAdapter):
+    family = "llava"
+    model_types = ("llava",)
+    example_checkpoint = "llava-hf/llava-1.5-7b-hf"

@@ -1,0 +1,100 @@
+"""Scoring a sample (mission.md §3): binary-constrained following probability at the last position,
+and optional greedy generation classified as following / competitor / other."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .data.records import Sample
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class AnswerIds:
+    """De-duplicated first-token ids of the surface variants of both answers of one sample."""
+
+    following: tuple[int, ...]
+    competitor: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    item_id: str
+    task: str
+    condition: str
+    following: str
+    competitor: str
+    p_follow: float
+    log_odds: float  # log P(following) - log P(competitor), the continuous metric
+    p_mass: float  # P(following) + P(competitor): how much of the next-token mass the two answers hold
+    follows: bool
+    generated: str | None = None
+    generated_class: str | None = None  # following / competitor / other
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+def surface_variants(answer: str, synonyms: Iterable[str] = ()) -> list[str]:
+    """The answer word with casing and leading-space variants, plus listed synonyms."""
+    out: list[str] = []
+    for word in (answer, *synonyms):
+        word = word.strip()
+        for form in {word, word.lower(), word.capitalize(), word.upper()}:
+            out += [form, " " + form]
+    return list(dict.fromkeys(out))
+
+
+def first_token_ids(tokenizer, variants: Iterable[str]) -> set[int]:
+    ids = set()
+    for v in variants:
+        toks = tokenizer(v, add_special_tokens=False)["input_ids"]
+        if toks:
+            first = toks[0]
+            # a bare space or marker is the start of many words and would say nothing about this one
+            if tokenizer.decode([first]).strip():
+                ids.add(int(first))
+    return ids
+
+
+def answer_ids(tokenizer, sample: Sample) -> AnswerIds:
+    fol = first_token_ids(tokenizer, surface_variants(sample.following, sample.following_variants))
+    com = first_token_ids(tokenizer, surface_variants(sample.competitor, sample.competitor_variants))
+    shared = fol & com  # e.g. "blue" and "black" both starting with "bl": such tokens decide nothing
+    fol, com = fol - shared, com - shared
+    for answer, ids in ((sample.following, fol), (sample.competitor, com)):
+        if not ids:
+            raise UserError(
+                f"sample {sample.item_id}: answer {answer!r} has no first token that tells it apart from the other answer"
+            )
+    return AnswerIds(tuple(sorted(fol)), tuple(sorted(com)))
+
+
+def binary_scores(logits: torch.Tensor, ids: Sequence[AnswerIds]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From [B, V] logits: log-odds of following vs competitor, p_follow, and the mass the two hold."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    lf = torch.stack([torch.logsumexp(logp[i, list(a.following)], 0) for i, a in enumerate(ids)])
+    lc = torch.stack([torch.logsumexp(logp[i, list(a.competitor)], 0) for i, a in enumerate(ids)])
+    log_odds = lf - lc
+    return log_odds, torch.sigmoid(log_odds), torch.exp(torch.logaddexp(lf, lc))
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def classify_generation(text: str, sample: Sample) -> str:
+    words = _WORD.findall(text.lower())
+    if not words:
+        return "other"
+    for label, answer, syns in (
+        ("following", sample.following, sample.following_variants),
+        ("competitor", sample.competitor, sample.competitor_variants),
+    ):
+        forms = {" ".join(_WORD.findall(a.lower())) for a in (answer, *syns)}
+        if any(" ".join(words[: len(f.split())]) == f for f in forms if f):
+            return label
+    return "other"
