@@ -49,11 +49,11 @@ def user_errors():
     try:
         yield
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        err_console.print(f"[bold red]config error:[/] {msg}", highlight=False)
+        err_console.print(f"[bold red]config error:[/] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -82,7 +82,13 @@ def progress():
 
 
 def load_model(cfg: DictConfig):
+    import transformers
+
     from .models.loading import load_adapter
+
+    # our own rich bars report progress; transformers' per-load bars and notices are noise here
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
     m = cfg.model
     return load_adapter(
@@ -148,7 +154,7 @@ def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = P
         cfg = prepare(overrides, print_cfg)
         if cfg is None:
             return
-        from .analysis.behaviour import mfr_table, score_samples
+        from .analysis.behaviour import check_answers, mfr_table, score_samples
         from .data.records import Condition
         from .data.sources import build_items
         from .data.templates import render_all
@@ -161,6 +167,7 @@ def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = P
         items, fp = build_items(cfg.data)
         samples = render_all(items, conditions, **cfg.templates)
         adapter = load_model(cfg)
+        check_answers(adapter.tokenizer, samples)
         run = RunDir.create(cfg.output_dir, "evaluate", cfg.model.name, cfg)
         run.write_manifest(dataset_fingerprint=fp, model_source=str(cfg.model.path), n_samples=len(samples))
         with run.timed("score"), progress() as bar:

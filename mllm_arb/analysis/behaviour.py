@@ -54,6 +54,12 @@ def score_batch(adapter: ModelAdapter, batch: Batch, logits: torch.Tensor, gener
     return rows
 
 
+def check_answers(tokenizer, samples: Sequence[Sample]) -> None:
+    """Fail before any work starts if some answer cannot be scored (raises UserError)."""
+    for s in samples:
+        answer_ids(tokenizer, s)
+
+
 def score_samples(
     adapter: ModelAdapter,
     samples: Sequence[Sample],

@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from mllm_arb.data.records import Condition, ConflictItem
+from mllm_arb.data.templates import render
+from mllm_arb.errors import UserError
+from mllm_arb.scoring import AnswerIds, binary_scores, classify_generation, surface_variants
+
+from .conftest import solid_image
+
+
+def test_surface_variants_cover_case_space_and_synonyms():
+    v = surface_variants("Red", ["crimson"])
+    for form in ("Red", "red", " red", "RED", " Red", "crimson", " Crimson"):
+        assert form in v
+    assert len(v) == len(set(v))
+
+
+def test_binary_scores_match_hand_computation():
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    log_odds, p, mass = binary_scores(logits, [AnswerIds(following=(0, 1), competitor=(3,))])
+    assert math.isclose(float(p[0]), 0.3 / 0.7, rel_tol=1e-5)
+    assert math.isclose(float(log_odds[0]), math.log(0.3 / 0.4), rel_tol=1e-5)
+    assert math.isclose(float(mass[0]), 0.7, rel_tol=1e-5)
+
+
+def test_render_swaps_following_by_condition():
+    item = ConflictItem("a", "color", "What color?", "red", "green", "It is green.", solid_image(), "It is red.")
+    assert render(item, Condition.TEXT_FOLLOWING).following == "green"
+    assert render(item, Condition.VISION_FOLLOWING).following == "red"
+    assert render(item, Condition.IMAGE_ONLY).context is None
+    assert render(item, Condition.TEXT_ONLY).image is None
+    assert render(item, Condition.NO_INSTRUCTION).instruction is None
+    assert render(item, Condition.CONSISTENT).context == "It is red."
+
+
+def test_equal_answers_are_rejected():
+    with pytest.raises(ValueError, match="no conflict"):
+        ConflictItem("a", "color", "What color?", "Red", "red ", "It is red.", solid_image())
+
+
+def test_answers_sharing_every_first_token_get_a_clear_error():
+    from transformers import AutoTokenizer  # noqa: F401  (tokenizer comes from a tiny model below)
+
+    from mllm_arb.models.loading import load_adapter
+    from mllm_arb.scoring import answer_ids
+
+    adapter = load_adapter("tiny:llava")
+    item = ConflictItem("a", "color", "What color?", "blue sky", "blue", "It is blue.", solid_image())
+    with pytest.raises(UserError, match="tells it apart"):
+        answer_ids(adapter.tokenizer, render(item, Condition.TEXT_FOLLOWING))
+
+
+def test_generation_is_classified():
+    item = ConflictItem("a", "color", "What color?", "red", "light green", "It is green.", solid_image())
+    s = render(item, Condition.VISION_FOLLOWING)
+    assert classify_generation("Red.", s) == "following"
+    assert classify_generation(" light green umbrella", s) == "competitor"
+    assert classify_generation("purple", s) == "other"
+    assert classify_generation("", s) == "other"
