@@ -80,3 +80,12 @@ def test_unsupported_architecture_is_named(tmp_path):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     with pytest.raises(UserError, match="unsupported architecture 'llama'"):
         load_adapter(str(tmp_path / "llama"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_double_bos(family):
+    adapter = load_adapter(f"tiny:{family}")
+    batch = adapter.build_batch(render_all(conflict_items(1), [Condition.TEXT_FOLLOWING]))
+    bos = adapter.tokenizer.bos_token_id
+    ids = batch.inputs["input_ids"][0].tolist()
+    assert bos is None or ids.count(bos) <= 1

@@ -123,8 +123,14 @@ class ModelAdapter:
         images = [s.image.convert("RGB") for s in samples]
         return [[im] for im in images] if self.nest_images else images
 
+    def adds_bos(self, prompt: str) -> bool:
+        """Whether tokenizing adds special tokens: not when the template already wrote the BOS
+        (the rule transformers' own chat pipeline follows, so we see what users' code sees)."""
+        bos = self.tokenizer.bos_token
+        return not (bos and prompt.startswith(bos))
+
     def processor_call(self, prompts: list[str], samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
-        kwargs = {"text": prompts, "return_tensors": "pt", "padding": True}
+        kwargs = {"text": prompts, "return_tensors": "pt", "padding": True, "add_special_tokens": self.adds_bos(prompts[0])}
         if samples[0].image is not None:
             kwargs["images"] = self._images_arg(samples)
         return dict(self.processor(**kwargs))
@@ -147,7 +153,9 @@ class ModelAdapter:
         for row, (sample, prompt) in enumerate(zip(samples, prompts)):
             positions = mask[row].nonzero().flatten()
             start, end = int(positions[0]), int(positions[-1]) + 1
-            row_spans = token_groups(self.tokenizer, prompt, sample, ids[row, start:end].tolist(), self.image_token_id)
+            row_spans = token_groups(
+                self.tokenizer, prompt, sample, ids[row, start:end].tolist(), self.image_token_id, self.adds_bos(prompt)
+            )
             spans.append({g: [p + start for p in pos] for g, pos in row_spans.items()})
         moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in moved and moved["pixel_values"].is_floating_point():
@@ -177,14 +185,16 @@ def segment_char_ranges(prompt: str, sample: Sample) -> dict[str, tuple[int, int
     return ranges
 
 
-def token_groups(tokenizer, prompt: str, sample: Sample, row_ids: list[int], image_token_id: int) -> dict[str, list[int]]:
+def token_groups(
+    tokenizer, prompt: str, sample: Sample, row_ids: list[int], image_token_id: int, add_special_tokens: bool = True
+) -> dict[str, list[int]]:
     """Positions of every group in one unpadded row of processor output.
 
     The processor expands image placeholders, so its ids are our own tokenization of the prompt with
     runs of image (and wrapper) tokens inserted. Aligning the two sequences maps each of our tokens,
     whose character offsets tell its group, onto its position in the row.
     """
-    enc = tokenizer(prompt, return_offsets_mapping=True)
+    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
     own_ids, offsets = enc["input_ids"], enc["offset_mapping"]
     ranges = segment_char_ranges(prompt, sample)
     own_group = []

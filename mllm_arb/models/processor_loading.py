@@ -1,0 +1,111 @@
+"""Load the processor of any supported family, also on machines without torchvision.
+
+Qwen2-VL, Qwen2.5-VL, InternVL and SmolVLM processors own a video sub-processor, and video processors
+need torchvision. Without it `AutoProcessor` cannot build them even though images never touch the video
+slot, so we load the tokenizer and image processor on their own and leave the video slot empty.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
+from transformers.utils import is_torchvision_available
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def load_processor(path_or_id: str | Path) -> ProcessorMixin:
+    """The processor saved in a local directory or in the hub cache (offline: nothing is downloaded)."""
+    path = _resolve(path_or_id)
+    if not (_has_any(path, _TOKENIZER_FILES) and _has_any(path, _IMAGE_PROCESSOR_FILES)):
+        raise ValueError(f"no processor in {path}: it needs tokenizer files and a preprocessor/processor config")
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError) as err:
+        processor_class = _processor_class(path)
+        missing_torchvision = not is_torchvision_available() and "torchvision" in str(err).lower()
+        if not (missing_torchvision and processor_class is not None and _owns_video(processor_class)):
+            raise
+    return _load_without_video(path, processor_class)
+
+
+def assemble_processor(processor_class: type[ProcessorMixin], **parts) -> ProcessorMixin:
+    """`processor_class(**parts)`, allowing an empty video slot (see the module docstring)."""
+    if _owns_video(processor_class) and parts.get("video_processor") is None:
+        processor_class = _without_video(processor_class)
+        parts["video_processor"] = None
+    return processor_class(**parts)
+
+
+def _resolve(path_or_id: str | Path) -> Path:
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"expected a directory holding a processor, got a file: {path}")
+    from huggingface_hub import snapshot_download
+
+    try:  # maybe a hub id whose snapshot is cached
+        return Path(snapshot_download(str(path_or_id), local_files_only=True))
+    except (OSError, ValueError):  # not cached, or not a valid hub id
+        raise FileNotFoundError(f"no such directory, nor a cached hub snapshot: {path_or_id}") from None
+
+
+def _has_any(path: Path, names: tuple[str, ...]) -> bool:
+    return any((path / name).is_file() for name in names)
+
+
+def _processor_class(path: Path) -> type[ProcessorMixin] | None:
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
+
+    name = None
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        name = name or _json(path / file).get("processor_class")
+    if name is None:  # old checkpoints name their processor only through the model type
+        name = PROCESSOR_MAPPING_NAMES.get(_json(path / "config.json").get("model_type"))
+    return processor_class_from_name(name) if name else None
+
+
+def _json(file: Path) -> dict:
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def _owns_video(processor_class: type[ProcessorMixin]) -> bool:
+    return "video_processor" in processor_class.get_attributes()
+
+
+def _load_without_video(path: Path, processor_class: type[ProcessorMixin]) -> ProcessorMixin:
+    parts = {
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+        "image_processor": AutoImageProcessor.from_pretrained(path),
+        "video_processor": None,
+    }
+    guarded = _without_video(processor_class)
+    # get_processor_dict gathers the processor's own settings and chat template the way from_pretrained does.
+    processor_dict, _ = guarded.get_processor_dict(path)
+    args = [parts[name] for name in guarded.get_attributes()]
+    return guarded.from_args_and_dict(args, processor_dict)
+
+
+def _without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    from transformers import SmolVLMProcessor
+
+    class Guarded(processor_class):
+        # The type check of sub-processors would reject the empty video slot; everything else is checked.
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+        # SmolVLM's override reads frame-sampling defaults off the video processor even for image-only
+        # chats, and adds nothing else for images: use the generic template rendering instead.
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            if isinstance(self, SmolVLMProcessor):
+                return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+            return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    Guarded.__name__ = Guarded.__qualname__ = processor_class.__name__
+    return Guarded
