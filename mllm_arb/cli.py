@@ -43,13 +43,21 @@ def compose(overrides: list[str] | None) -> DictConfig:
 @contextmanager
 def user_errors():
     """Bad input ends in one clear line and exit code 2, never a traceback."""
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         yield
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OverrideParseException as exc:
+        err_console.print(
+            f"[bold red]config error:[/] cannot parse override {exc.override!r}; quote values with special characters, "
+            "e.g. 'analysis.edges=[\"image->last\"]'",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from None
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -155,15 +163,11 @@ def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = P
         if cfg is None:
             return
         from .analysis.behaviour import check_answers, mfr_table, score_samples
-        from .data.records import Condition
         from .data.sources import build_items
         from .data.templates import render_all
         from .runs import RunDir
 
-        try:
-            conditions = [Condition(c) for c in cfg.conditions]
-        except ValueError as exc:
-            raise UserError(f"{exc}; conditions are {', '.join(c.value for c in Condition)}") from None
+        conditions = conditions_from(cfg.conditions)
         items, fp = build_items(cfg.data)
         samples = render_all(items, conditions, **cfg.templates)
         adapter = load_model(cfg)
@@ -184,6 +188,97 @@ def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = P
         run.write_json("results.json", {"model": adapter.name, "dataset_fingerprint": fp, "mfr": table})
         print_mfr(table, title=f"{adapter.name} on {cfg.data.source} ({len(items)} items)")
         console.print(f"run directory: {run.path}")
+
+
+def conditions_from(names) -> list:
+    from .data.records import Condition
+
+    try:
+        return [Condition(c) for c in names]
+    except ValueError as exc:
+        raise UserError(f"{exc}; conditions are {', '.join(c.value for c in Condition)}") from None
+
+
+@app.command("analyze")
+def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """Information flow: attention knockout between token groups, logit lens by component, anchor
+    agreement, plots, and a findings check against the study's claims."""
+    with user_errors():
+        cfg = prepare(overrides, print_cfg)
+        if cfg is None:
+            return
+        from .analysis.behaviour import check_answers
+        from .analysis.findings import check_findings
+        from .analysis.flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_knockout, summarise_lens
+        from .data.sources import build_items
+        from .data.templates import render_all
+        from .interventions.knockout import default_window_size
+        from .report.flow_figures import draw_flow_figures
+        from .runs import RunDir
+
+        a = cfg.analysis
+        try:
+            edges = tuple(parse_edge(e) for e in a.edges)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        items, fp = build_items(cfg.data)
+        samples = render_all(items, conditions_from(a.settings), **cfg.templates)
+        adapter = load_model(cfg)
+        check_answers(adapter.tokenizer, samples)
+        n_layers = adapter.parts.n_layers
+        window = int(a.window) if a.window else default_window_size(n_layers)
+        if not 1 <= window <= n_layers:
+            raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
+        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers)
+        run = RunDir.create(cfg.output_dir, "analyze", cfg.model.name, cfg)
+        run.write_manifest(dataset_fingerprint=fp, model_source=str(cfg.model.path), n_samples=len(samples), window=window)
+        with progress() as bar:
+            task = bar.add_task(f"knockout ({len(edges)} edges × {n_layers} windows)", total=len(samples) * plan.n_passes_per_batch)
+            with run.timed("knockout"):
+                ko_rows = knockout_rows(adapter, samples, plan, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
+            run.write_table("knockout.parquet", ko_rows)
+            lens = None
+            if a.lens:
+                task = bar.add_task("logit lens by component", total=len(samples))
+                with run.timed("lens"):
+                    l_rows = lens_rows(adapter, samples, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
+                run.write_table("lens.parquet", l_rows)
+                lens = summarise_lens(l_rows, n_layers)
+        knockout = summarise_knockout(ko_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
+        results = {
+            "model": adapter.name,
+            "dataset_fingerprint": fp,
+            "n_layers": n_layers,
+            "window": window,
+            "n_items": len(items),
+            "knockout": knockout,
+            "lens": lens,
+        }
+        run.write_json("results.json", results)
+        findings = check_findings(knockout, lens or {"components": {}, "agreement": {}}, n_layers, a.findings)
+        run.write_json("findings.json", findings)
+        title = f"{adapter.name} on {cfg.data.source} ({len(items)} items)"
+        with run.timed("plots"):
+            draw_flow_figures(results, run.file("plots"), title)
+        print_findings(findings, title)
+        console.print(f"run directory: {run.path}")
+
+
+def print_findings(findings: dict, title: str) -> None:
+    table = Table(title=f"Findings — {title}")
+    for col in ("claim", "measured", "threshold", "holds"):
+        table.add_column(col)
+    for key, f in findings.items():
+        value = f["value"]
+        if isinstance(value, dict):
+            shown = "\n".join(f"{k.replace('_difference', '')}: {v:+.3f}" for k, v in value.items())
+        else:
+            shown = f"{value:+.3f}"
+        if key.startswith("a_") and f.get("measured"):
+            shown += "".join(f"\n{m['edge']}: layer {m['peak_layer']}" for m in f["measured"])
+        holds = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}[f["holds"]]
+        table.add_row(f"({key[0]}) {f['claim']}", shown, f"{f['threshold']}", holds)
+    console.print(table)
 
 
 def print_mfr(table: dict[str, dict], title: str) -> None:

@@ -1,0 +1,214 @@
+"""Information flow (mission.md §4): attention knockout between token groups over sliding layer windows,
+logit lens by component at the last and instruction positions, and anchor decision agreement.
+
+Per-sample rows come out of `knockout_rows` and `lens_rows`; `summarise_*` turn them into the per-layer
+curves that results.json, the plots and the findings read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.records import Sample
+from ..interventions.knockout import knock_out, layer_window
+from ..interventions.lens import component_contributions
+from ..models.adapter import GROUPS, ModelAdapter
+from ..scoring import answer_ids, binary_scores
+from .behaviour import batches
+from .stats import summarise
+
+#: the edges of mission.md §4, as (source, target): target rows may not attend to source columns
+STUDY_EDGES = (
+    ("image", "instruction"),
+    ("context", "instruction"),
+    ("image", "context"),
+    ("image", "last"),
+    ("context", "last"),
+    ("instruction", "last"),
+    ("question", "last"),
+    ("format", "last"),
+)
+
+
+def parse_edge(text: str) -> tuple[str, str]:
+    """`src->dst`, or `src:dst` (Hydra's command-line grammar has no unquoted `>`)."""
+    src, sep, dst = text.partition("->") if "->" in text else text.partition(":")
+    src, dst = src.strip(), dst.strip()
+    if not sep or src not in GROUPS or dst not in GROUPS:
+        raise ValueError(f"edge {text!r} is not 'src->dst' (or 'src:dst') over the groups {', '.join(GROUPS)}")
+    return src, dst
+
+
+def edge_name(edge: tuple[str, str]) -> str:
+    return f"{edge[0]}->{edge[1]}"
+
+
+@dataclass(frozen=True)
+class KnockoutPlan:
+    edges: tuple[tuple[str, str], ...]
+    window: int
+    n_layers: int
+
+    def windows(self) -> list[tuple[int, list[int]]]:
+        return [(c, layer_window(c, self.window, self.n_layers)) for c in range(self.n_layers)]
+
+    @property
+    def n_passes_per_batch(self) -> int:
+        return len(self.edges) * self.n_layers
+
+
+@torch.no_grad()
+def knockout_rows(
+    adapter: ModelAdapter,
+    samples: Sequence[Sample],
+    plan: KnockoutPlan,
+    batch_size: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """For every sample, edge and window centre: following log-odds before and after the knockout."""
+    rows: list[dict] = []
+    for chunk in batches(samples, batch_size):
+        batch = adapter.build_batch(chunk)
+        ids = [answer_ids(adapter.tokenizer, s) for s in chunk]
+        base, _, _ = binary_scores(adapter.last_logits(batch), ids)
+        for edge in plan.edges:
+            for center, layers in plan.windows():
+                with knock_out(adapter, batch, [edge], layers):
+                    after, p_after, _ = binary_scores(adapter.last_logits(batch), ids)
+                for i, s in enumerate(chunk):
+                    rows.append(
+                        {
+                            "item_id": s.item_id,
+                            "task": s.task,
+                            "setting": s.condition.value,
+                            "edge": edge_name(edge),
+                            "center": center,
+                            "log_odds_before": float(base[i]),
+                            "log_odds_after": float(after[i]),
+                            "delta": float(after[i] - base[i]),
+                            "follows_before": bool(base[i] > 0),
+                            "follows_after": bool(p_after[i] > 0.5),
+                        }
+                    )
+                if on_step:
+                    on_step(len(chunk))
+    return rows
+
+
+def summarise_knockout(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, list[dict]]]:
+    """{setting: {edge: [per centre: mean Δ log-odds, 95% interval, MFR before and under knockout]}}."""
+    grouped: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        grouped[(r["setting"], r["edge"], r["center"])].append(r)
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for (setting, edge, center), rs in grouped.items():  # insertion order: edges as configured, centres ascending
+        s = summarise([r["delta"] for r in rs], n_boot=n_boot, seed=seed)
+        out[setting][edge].append(
+            {
+                "center": center,
+                "mean": s["mean"],
+                "ci_low": s["ci_low"],
+                "ci_high": s["ci_high"],
+                "n": s["n"],
+                "mfr_before": float(np.mean([r["follows_before"] for r in rs])),
+                "mfr_after": float(np.mean([r["follows_after"] for r in rs])),
+            }
+        )
+    return {k: dict(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def lens_rows(
+    adapter: ModelAdapter,
+    samples: Sequence[Sample],
+    batch_size: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Per sample and layer: each sublayer's contribution to the following and competitor lens scores at
+    the last position and (averaged) at the instruction positions, and the lens log-odds there after
+    the layer (for anchor agreement)."""
+    rows: list[dict] = []
+    for chunk in batches(samples, batch_size):
+        batch = adapter.build_batch(chunk)
+        ids = [answer_ids(adapter.tokenizer, s) for s in chunk]
+        fol, com = [a.following for a in ids], [a.competitor for a in ids]
+        final, _, _ = binary_scores(adapter.last_logits(batch), ids)
+        at = {"last": component_contributions(adapter, batch, fol, com, "last")}
+        if all(sp["instruction"] for sp in batch.spans):
+            at["instruction"] = component_contributions(adapter, batch, fol, com, "instruction")
+        per_site = {}
+        for site, c in at.items():
+            w = c.valid.float()[..., None, None]  # [B, P, 1, 1]: average over real positions only
+            mean = lambda x: (x * w).sum(1) / w.sum(1)  # noqa: E731  [B, L, 2]
+            f, k = mean(c.following), mean(c.competitor)
+            start = ((c.start_following - c.start_competitor) * c.valid).sum(1) / c.valid.sum(1)
+            # lens log-odds after each layer: embeddings' score plus every contribution so far
+            after_layer = start[:, None] + (f - k).sum(-1).cumsum(-1)
+            per_site[site] = (f, k, after_layer)
+        n_layers = adapter.parts.n_layers
+        for i, s in enumerate(chunk):
+            for layer in range(n_layers):
+                row = {
+                    "item_id": s.item_id,
+                    "task": s.task,
+                    "setting": s.condition.value,
+                    "layer": layer,
+                    "follows": bool(final[i] > 0),
+                }
+                for site, (f, k, after_layer) in per_site.items():
+                    row[f"{site}_attn_following"] = float(f[i, layer, 0])
+                    row[f"{site}_attn_competitor"] = float(k[i, layer, 0])
+                    row[f"{site}_mlp_following"] = float(f[i, layer, 1])
+                    row[f"{site}_mlp_competitor"] = float(k[i, layer, 1])
+                    row[f"{site}_lens_log_odds"] = float(after_layer[i, layer])
+                rows.append(row)
+        if on_step:
+            on_step(len(chunk))
+    return rows
+
+
+SPLITS = {"all": lambda r: True, "followed": lambda r: r["follows"], "failed": lambda r: not r["follows"]}
+
+
+def summarise_lens(rows: Sequence[dict], n_layers: int) -> dict:
+    """{setting: {site: {split: per-layer means of attn/mlp contributions and lens log-odds, n}}} and
+    {setting: agreement per layer} (share of samples whose instruction-token lens decision equals the
+    model's final decision)."""
+    by_setting: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_setting[r["setting"]].append(r)
+    components: dict = {}
+    agreement: dict = {}
+    for setting, rs in by_setting.items():
+        components[setting] = {}
+        sites = [s for s in ("last", "instruction") if f"{s}_lens_log_odds" in rs[0]]
+        for site in sites:
+            components[setting][site] = {}
+            for split, keep in SPLITS.items():
+                sel = [r for r in rs if keep(r)]
+                per_layer = defaultdict(list)
+                for r in sel:
+                    per_layer[r["layer"]].append(r)
+                entry = {"n": len(sel) // max(n_layers, 1)}
+                for sub in ("attn", "mlp"):
+                    for kind in ("following", "competitor"):
+                        key = f"{sub}_{kind}"
+                        entry[key] = [_mean(per_layer[l], f"{site}_{key}") for l in range(n_layers)]
+                    entry[f"{sub}_difference"] = [a - b for a, b in zip(entry[f"{sub}_following"], entry[f"{sub}_competitor"])]
+                entry["lens_log_odds"] = [_mean(per_layer[l], f"{site}_lens_log_odds") for l in range(n_layers)]
+                components[setting][site][split] = entry
+        if "instruction" in sites:
+            per_layer = defaultdict(list)
+            for r in rs:
+                per_layer[r["layer"]].append((r["instruction_lens_log_odds"] > 0) == r["follows"])
+            agreement[setting] = [float(np.mean(per_layer[l])) for l in range(n_layers)]
+    return {"components": components, "agreement": agreement}
+
+
+def _mean(rows: Sequence[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")

@@ -1,0 +1,104 @@
+"""Figures of the information-flow analysis, as PNG and SVG. Each function takes plain per-layer data
+(lists and dicts written to results.json), so plots can be redrawn from a run directory alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+EDGE_COLOURS = plt.get_cmap("tab10").colors
+
+
+def save(fig, folder: Path, stem: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        path = folder / f"{stem}.{ext}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def knockout_curves(curves: Mapping[str, Sequence[Mapping]], title: str, folder: Path, stem: str) -> list[Path]:
+    """One line per edge: mean change in following log-odds against the knockout window's centre layer,
+    with its 95% interval as a band (the study's Figure 2/3 style)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for k, (edge, points) in enumerate(curves.items()):
+        xs = [p["center"] for p in points]
+        colour = EDGE_COLOURS[k % len(EDGE_COLOURS)]
+        ax.plot(xs, [p["mean"] for p in points], marker="o", ms=3, lw=1.6, color=colour, label=edge)
+        ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points], color=colour, alpha=0.18, lw=0)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("layer (centre of the knockout window)")
+    ax.set_ylabel("Δ log-odds of following")
+    ax.set_title(title, fontsize=10)
+    _integer_layers(ax, curves)
+    ax.legend(fontsize=8, ncol=2, frameon=False)
+    return save(fig, folder, stem)
+
+
+def component_bars(per_layer: Mapping[str, Sequence[float]], title: str, folder: Path, stem: str) -> list[Path]:
+    """Attention vs MLP contribution to (following − competitor) logit, per layer, side by side."""
+    names = list(per_layer)
+    n_layers = len(per_layer[names[0]])
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(n_layers)]
+        ax.bar(xs, per_layer[name], width=width, label=name, color=EDGE_COLOURS[k % len(EDGE_COLOURS)])
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(n_layers))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("contribution to following − competitor logit")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, folder, stem)
+
+
+def layer_curves(
+    series: Mapping[str, Sequence[float]], title: str, ylabel: str, folder: Path, stem: str, hline: float | None = None
+) -> list[Path]:
+    """Any per-layer quantities as lines (lens logits, agreement share)."""
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    for k, (name, values) in enumerate(series.items()):
+        ax.plot(range(len(values)), values, marker="o", ms=3, lw=1.6, label=name, color=EDGE_COLOURS[k % len(EDGE_COLOURS)])
+    if hline is not None:
+        ax.axhline(hline, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    n = max(len(v) for v in series.values())
+    ax.set_xticks(range(n))
+    ax.legend(fontsize=8, frameon=False)
+    return save(fig, folder, stem)
+
+
+def heatmap(matrix: Sequence[Sequence[float]], title: str, xlabel: str, ylabel: str, folder: Path, stem: str,
+            xticks: Sequence[str] | None = None, yticks: Sequence[str] | None = None) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    im = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-max(1e-9, _absmax(matrix)), vmax=max(1e-9, _absmax(matrix)))
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, rotation=45, ha="right", fontsize=7)
+    if yticks is not None:
+        ax.set_yticks(range(len(yticks)), yticks, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return save(fig, folder, stem)
+
+
+def _absmax(matrix) -> float:
+    return max((abs(v) for row in matrix for v in row), default=0.0)
+
+
+def _integer_layers(ax, curves) -> None:
+    centres = sorted({p["center"] for pts in curves.values() for p in pts})
+    if centres:
+        ax.set_xticks(centres)
