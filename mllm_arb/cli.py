@@ -6,6 +6,7 @@ data.limit=32`) and `--cfg` to print the composed configuration instead of runni
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from contextlib import contextmanager
@@ -106,6 +107,7 @@ def load_model(cfg: DictConfig):
         attn_implementation=m.attn_implementation,
         padding_side=m.padding_side,
         name=m.name,
+        family=m.get("family"),
     )
 
 
@@ -115,14 +117,14 @@ def models_cmd() -> None:
     """List supported model families and their configs."""
     from .models.loading import ADAPTERS
 
-    configs = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
-    table = Table(title="Supported model families")
-    for col in ("family", "model types", "example checkpoint", "configs"):
-        table.add_column(col)
+    configs = {p.stem: OmegaConf.load(p) for p in sorted((conf_dir() / "model").glob("*.yaml"))}
+    table = Table(title="Supported model families and their configs (use: model=<config>)")
+    for col in ("family", "model types", "config", "loads"):
+        table.add_column(col, overflow="fold")
     for a in ADAPTERS:
-        mine = [c for c in configs if c.startswith(a.family + "_") or c == a.family]
-        table.add_row(a.family, ", ".join(a.model_types), a.example_checkpoint, ", ".join(mine))
-    table.add_row("organism (llava)", "llava", "shipped in the package", "organism")
+        mine = [(name, str(c.path)) for name, c in configs.items() if c.get("family") == a.family]
+        for k, (name, path) in enumerate(mine or [("", "")]):
+            table.add_row(a.family if k == 0 else "", ", ".join(a.model_types) if k == 0 else "", name, path, end_section=k == len(mine) - 1)
     console.print(table)
 
 
@@ -133,18 +135,34 @@ def build_data_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool =
         cfg = prepare(overrides, print_cfg)
         if cfg is None:
             return
-        from .data.sources import build_items
+        from .data.sources import build_items_with_report
         from .data.store import save_items
         from .runs import RunDir
 
+        items, fp, report = build_items_with_report(cfg.data)
+        adapter = load_model(cfg) if cfg.build_data.filter_with_model else None
         run = RunDir.create(cfg.output_dir, "build-data", cfg.data.source, cfg)
-        with run.timed("build"):
-            items, fp = build_items(cfg.data)
+        results: dict = {"source": cfg.data.source, "source_report": report}
+        if adapter is not None:
+            from .data.filtering import filter_items
+
+            with run.timed("filter"), progress() as bar:
+                task = bar.add_task(f"filtering with {adapter.name} (image-only and text-only)", total=2 * len(items))
+                items, freport = filter_items(adapter, items, cfg.batch_size, on_batch=lambda n: bar.advance(task, n), **cfg.templates)
+            fp = hashlib.sha256(f"{fp}:filtered-by:{cfg.model.path}".encode()).hexdigest()[:16]
+            filter_dict = freport.to_dict()
+            filter_dict.pop("rows", None)
+            results["filter"] = {"model": adapter.name, **filter_dict}
+            if not items:
+                run.write_json("results.json", results)
+                raise UserError(f"{adapter.name} answers no item correctly from both image and text alone; nothing kept")
+        with run.timed("save"):
             save_items(items, run.file("dataset"), fp, meta={"source": cfg.data.source, "n_items": len(items)})
         counts: dict[str, int] = {}
         for it in items:
             counts[it.task] = counts.get(it.task, 0) + 1
-        run.write_json("results.json", {"n_items": len(items), "fingerprint": fp, "per_task": counts})
+        results.update({"n_items": len(items), "fingerprint": fp, "per_task": counts})
+        run.write_json("results.json", results)
         run.write_manifest(dataset_fingerprint=fp)
         table = Table(title=f"{len(items)} items ({fp})")
         table.add_column("task")
@@ -262,6 +280,107 @@ def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PR
             draw_flow_figures(results, run.file("plots"), title)
         print_findings(findings, title)
         console.print(f"run directory: {run.path}")
+
+
+TOP_K = typer.Option(None, "--top-k", help="Fraction of all heads to select, in (0, 1]: ceil(k × layers × heads).")
+TOP_N = typer.Option(None, "--top-n", help="Exact number of heads to select (instead of --top-k).")
+HEADS_FILE = typer.Option(None, "--heads", help="A heads.json to use instead of ranking the heads here.")
+FROM_RUN = typer.Option(None, "--from", help="A rank-heads run directory whose heads.json to reuse.")
+
+
+@app.command("rank-heads")
+def rank_heads_cmd(
+    method: Optional[str] = typer.Option(None, "--method", help="Ranking that heads.json keeps: ablation, attribution or dla."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Heads: score every attention head (exact ablation, attribution patching, direct logit attribution)
+    on the ranking split; heatmaps, method agreement and a reusable heads.json."""
+    with user_errors():
+        from .analysis.head_stages import cli_overrides, rank_stage
+
+        cfg = prepare([*(overrides or []), *cli_overrides(method=method)], print_cfg)
+        if cfg is not None:
+            rank_stage(cfg)
+
+
+@app.command("ablate")
+def ablate_cmd(
+    top_k: Optional[float] = TOP_K,
+    top_n: Optional[int] = TOP_N,
+    heads: Optional[Path] = HEADS_FILE,
+    from_run: Optional[Path] = FROM_RUN,
+    overrides: Optional[list[str]] = OVERRIDES,
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Heads: block the top heads on the evaluation split; MFR and log-odds against random and
+    lowest-ranked head sets, controls, and a dose-response over k."""
+    with user_errors():
+        from .analysis.head_stages import ablate_stage, cli_overrides
+
+        cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run)], print_cfg)
+        if cfg is not None:
+            ablate_stage(cfg)
+
+
+@app.command("amplify")
+def amplify_cmd(
+    top_k: Optional[float] = TOP_K,
+    top_n: Optional[int] = TOP_N,
+    heads: Optional[Path] = HEADS_FILE,
+    from_run: Optional[Path] = FROM_RUN,
+    alpha: Optional[list[float]] = typer.Option(None, "--alpha", help="Scale factor α (repeatable); default sweep.alphas."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Heads: scale the top heads by α on failed samples; recovery, harm, controls, random heads."""
+    with user_errors():
+        from .analysis.head_stages import amplify_stage, cli_overrides
+
+        cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run, alphas=alpha)], print_cfg)
+        if cfg is not None:
+            amplify_stage(cfg)
+
+
+@app.command("run")
+def run_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+    """The whole study: build-data → evaluate → analyze → rank-heads → ablate → amplify, as stage run
+    directories inside one parent run directory."""
+    with user_errors():
+        from .analysis.head_stages import run_pipeline
+
+        cfg = prepare(overrides, print_cfg)
+        if cfg is not None:
+            commands = {"build-data": lambda o: build_data_cmd(o, False), "evaluate": lambda o: evaluate_cmd(o, False),
+                        "analyze": lambda o: analyze_cmd(o, False)}
+            run_pipeline(cfg, list(overrides or []), commands)
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="A `run` directory, one stage run, or several stage runs of one model "
+                                          "(with --compare: runs of several models)."),
+    compare: bool = typer.Option(False, "--compare", help="One page putting the models of the runs side by side."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: report.html in the "
+                                       "run directory; with --compare, compare.html here)."),
+    screenshot: bool = typer.Option(False, "--screenshot", help="Also open the page in headless Chromium, check it, and "
+                                    "save a PNG screenshot beside it."),
+) -> None:
+    """A self-contained HTML report of a study (or, with --compare, of several models side by side)."""
+    with user_errors():
+        from .report.html import write_compare, write_report
+
+        path = write_compare(run_dirs, out) if compare else write_report(run_dirs, out)
+        console.print(f"report: {path}")
+        if screenshot:
+            from .report.browser import BrowserError, screenshot_report
+
+            try:
+                png, check = screenshot_report(path)
+            except BrowserError as exc:
+                raise UserError(str(exc)) from None
+            console.print(f"screenshot: {png} ({len(check.desktop.get('figures', []))} figures, "
+                          f"{len(check.console_errors)} console errors)")
 
 
 def print_findings(findings: dict, title: str) -> None:

@@ -127,3 +127,23 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, tmp_path):
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "error" in lines[0] and expected in lines[0], result.output
     assert not out.exists() or not any(out.rglob("results.json"))
+
+
+def test_build_data_filters_with_the_model_and_reports_it(tmp_path):
+    items = write_items(tmp_path / "data", conflict_items(4))
+    out = tmp_path / "out"
+    result = invoke("build-data", "model=llava_tiny", "data=jsonl", f"data.path={items}", "build_data.filter_with_model=true", f"output_dir={out}")
+    results_file = next(out.rglob("results.json"))
+    results = json.loads(results_file.read_text())
+    f = results["filter"]
+    assert f["n_total"] == 4 and f["n_kept"] == sum(v["kept"] for v in f["per_task"].values())
+    if f["n_kept"]:
+        assert result.exit_code == 0 and results["n_items"] == f["n_kept"]
+    else:
+        assert result.exit_code == 2 and "nothing kept" in result.output
+
+
+def test_model_config_naming_the_wrong_family_is_caught(tmp_path):
+    items = write_items(tmp_path / "data")
+    result = invoke("evaluate", "model=llava_tiny", "model.family=gemma3", "data=jsonl", f"data.path={items}", f"output_dir={tmp_path}")
+    assert result.exit_code == 2 and "not gemma3" in result.output

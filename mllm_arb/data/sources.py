@@ -13,8 +13,15 @@ from .records import ConflictItem
 
 def build_items(data: DictConfig) -> tuple[list[ConflictItem], str]:
     """Items and a fingerprint that changes whenever the items could."""
+    items, fp, _ = build_items_with_report(data)
+    return items, fp
+
+
+def build_items_with_report(data: DictConfig) -> tuple[list[ConflictItem], str, dict | None]:
+    """`build_items` plus, for sources that leave items out (mc2, hf), the report of what and why."""
     source = data.get("source")
     limit = data.get("limit")
+    report = None
     if source == "synthetic":
         from .synthetic import SyntheticConfig, fingerprint, generate_items
 
@@ -38,10 +45,20 @@ def build_items(data: DictConfig) -> tuple[list[ConflictItem], str]:
         if limit:
             items = items[: int(limit)]
             fp = hashlib.sha256(f"{fp}:{limit}".encode()).hexdigest()[:16]
+    elif source == "mc2":
+        from .mc2 import load_from_config
+
+        items, fp, rep = load_from_config(data)
+        report = rep.to_dict()
+    elif source == "hf":
+        from .hf import load_from_config
+
+        items, fp, rep = load_from_config(data)
+        report = rep.to_dict()
     else:
-        raise UserError(f"unknown data source {source!r}; choose synthetic, jsonl or disk")
+        raise UserError(f"unknown data source {source!r}; choose synthetic, jsonl, disk, mc2 or hf")
     if not items:
         raise UserError(f"the dataset ({source}) holds no items")
-    return items, fp
+    return items, fp, report
 
 

@@ -69,7 +69,15 @@ def render(
 
 
 def render_all(items: Iterable[ConflictItem], conditions: Sequence[Condition | str], **templates: str) -> list[Sample]:
-    return [render(it, Condition(c), **templates) for c in conditions for it in items]
+    """Every item under every condition, except the consistent condition for items that have no
+    consistent context (real datasets cannot always derive one)."""
+    items = list(items)
+    return [
+        render(it, Condition(c), **templates)
+        for c in conditions
+        for it in items
+        if not (Condition(c) is Condition.CONSISTENT and not it.consistent_context)
+    ]
 
 
 def user_segments(sample: Sample) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@ organism, or a tiny random-weight model built on the fly (`tiny:<family>`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -77,7 +78,10 @@ def load_adapter(
     attn_implementation: str = "sdpa",
     padding_side: str = "left",
     name: str | None = None,
+    family: str | None = None,
 ) -> ModelAdapter:
+    """Load a model and its processor into the adapter of its family. `family`, when given, must match
+    the checkpoint (a config naming the wrong family is caught before gigabytes are loaded)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .processor_loading import load_processor
@@ -88,6 +92,10 @@ def load_adapter(
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {source!r}: not a local directory and not in the Hugging Face cache ({_first_line(exc)})") from exc
     adapter_cls = adapter_for(config.model_type)
+    if family and family != adapter_cls.family:
+        raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
+    if device == "auto" and importlib.util.find_spec("accelerate") is None:
+        raise UserError("model.device=auto (device_map='auto') needs accelerate: pip install 'mllm-arb[multi-gpu]', or set model.device=cuda")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
