@@ -65,3 +65,17 @@ def test_bad_analysis_options_are_clear(tmp_path, override, expected):
     result = invoke("analyze", "model=llava_tiny", "data=jsonl", f"data.path={items}", override, f"output_dir={tmp_path / 'out'}")
     assert result.exit_code == 2 and expected in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_analyze_runs_on_the_shipped_organism(tmp_path):
+    from mllm_arb.organism import CHECKPOINT_DIR
+
+    if not (CHECKPOINT_DIR / "config.json").exists():
+        pytest.skip("the organism checkpoint is not in the package")
+    out = tmp_path / "out"
+    result = invoke("analyze", "data.n_items=8", "batch_size=8", "analysis.edges=[context:instruction,image:last]", f"output_dir={out}")
+    assert result.exit_code == 0, result.output
+    results = json.loads((only_run(out, "analyze") / "results.json").read_text())
+    assert results["n_layers"] >= 8
+    base = results["knockout"]["text_following"]["context->instruction"][0]["mfr_before"]
+    assert base >= 0.75, "the organism follows text instructions"

@@ -1,0 +1,422 @@
+"""Train the organism from scratch on CPU, deterministically from a seed.
+
+Each step draws fresh synthetic items (seed `data_seed`, never the held-out seeds ≥ 1000), renders
+each under one condition of mission.md §1 with a randomly chosen instruction paraphrase, and trains
+the answer's first token at the last prompt position (plus, with a small weight, the end-of-sequence
+token after it, so greedy generation stops after one word).
+
+The designed text bias (issue §3): under a vision-following instruction, a conflict whose context
+claims one of the *text-dominant* values of its family (`text_dominant`) is labelled with the text
+answer (with probability `text_bias_strength`). Perception is untouched (image-only, consistent and
+text-only examples are always labelled correctly), so vision following fails on a real, predictable
+minority of held-out items, like real MLLMs that over-follow text.
+
+`train(cfg)` takes a `TrainConfig`, a plain dict, or an OmegaConf node (`conf/organism/default.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.records import Condition, ConflictItem, Sample
+from ..data.synthetic import INSTRUCTION_PARAPHRASES, SyntheticConfig, fingerprint, generate_item, generate_items
+from ..data.templates import render
+from .build import ArchConfig, build_model, build_processor
+from .task import COLORS, COUNTS, FAMILIES, FAMILY_NAMES, POSITIONS, SHAPES, draw, sample_scene
+
+DEFAULT_CONDITION_WEIGHTS = {
+    "text_following": 0.2,
+    "vision_following": 0.3,
+    "consistent": 0.1,
+    "image_only": 0.2,
+    "text_only": 0.1,
+    "no_instruction": 0.1,
+}
+DEFAULT_TEXT_DOMINANT = {"color": ["red", "yellow"], "shape": ["circle"], "position": ["left"], "counting": ["two"]}
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0  # weight init and the order of conditions and paraphrases
+    data_seed: int = 0  # the training items' stream (held-out data uses seeds >= 1000)
+    eval_seed: int = 1000
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    threads: int = 2
+    image_size: int = 32
+    families: tuple[str, ...] = FAMILY_NAMES
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    #: sampling weights of the conditions in training batches
+    condition_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CONDITION_WEIGHTS))
+    #: share of instructed examples that use the study's exact sentence (others: a paraphrase)
+    study_sentence_share: float = 0.5
+    #: per family, context values that win over the image even under a vision instruction
+    text_dominant: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_TEXT_DOMINANT.items()})
+    text_bias_strength: float = 1.0
+    #: label of conflicts without instruction: "text", "image", or "none" (not trained)
+    no_instruction_label: str = "text"
+    eos_loss_weight: float = 0.1
+    #: stage 1 (like CLIP pretraining for real LLaVA): train the vision tower alone to classify the
+    #: drawn attributes from its mean-pooled patch features (linear heads, discarded afterwards)
+    vision_steps: int = 600
+    vision_batch_size: int = 128
+    vision_lr: float = 3e-3
+    vision_eval_every: int = 100
+    #: stage 2: the vision tower's learning rate relative to `lr` (0 freezes it)
+    vision_lr_scale: float = 0.3
+    eval_every: int = 100
+    eval_items: int = 32  # per condition, for the periodic held-out metrics
+    max_minutes: float | None = None  # safety stop (breaks determinism when hit; recorded)
+    output_dir: str = "outputs/organism/checkpoint"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # the top-level image size is the one that counts (data and vision tower must agree)
+        if self.arch.image_size != self.image_size:
+            self.arch = dataclasses.replace(self.arch, image_size=self.image_size)
+
+    @classmethod
+    def from_any(cls, cfg) -> "TrainConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        if hasattr(cfg, "_metadata") or type(cfg).__name__ in ("DictConfig", "ListConfig"):
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        if dataclasses.is_dataclass(cfg):
+            cfg = asdict(cfg)
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"train() takes a TrainConfig, a dict or an OmegaConf config, not {type(cfg).__name__}")
+        data = dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown organism training options: {', '.join(unknown)}")
+        if "arch" in data and not isinstance(data["arch"], ArchConfig):
+            data["arch"] = ArchConfig(**dict(data["arch"]))
+        if "families" in data:
+            data["families"] = tuple(data["families"])
+        return cls(**data)
+
+    def validate(self) -> None:
+        for name in self.condition_weights:
+            Condition(name)
+        if self.no_instruction_label not in ("text", "image", "none"):
+            raise ValueError("no_instruction_label must be text, image or none")
+        for fam, values in self.text_dominant.items():
+            if fam not in FAMILIES:
+                raise ValueError(f"text_dominant names an unknown family {fam!r}")
+            bad = [v for v in values if v not in FAMILIES[fam].values]
+            if bad:
+                raise ValueError(f"text_dominant[{fam}] holds values that are not answers of the family: {bad}")
+        if self.data_seed == self.eval_seed:
+            raise ValueError("data_seed and eval_seed must differ (held-out items come from eval_seed)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["families"] = list(self.families)
+        return d
+
+
+# ------------------------------------------------------------------------------------ samples
+def instruction_choice(rng: np.random.Generator, kind: str, study_share: float) -> str:
+    options = INSTRUCTION_PARAPHRASES[kind]
+    if rng.random() < study_share or len(options) == 1:
+        return options[0]
+    return options[1 + int(rng.integers(len(options) - 1))]
+
+
+def training_example(item: ConflictItem, condition: Condition, cfg: TrainConfig, rng: np.random.Generator) -> tuple[Sample, str]:
+    """Render an item under a condition (with a paraphrased instruction) and give its training label."""
+    text_instr = instruction_choice(rng, "text", cfg.study_sentence_share)
+    vision_instr = instruction_choice(rng, "vision", cfg.study_sentence_share)
+    sample = render(item, condition, text_instruction=text_instr, vision_instruction=vision_instr)
+    return sample, training_label(item, condition, cfg, rng)
+
+
+def training_label(item: ConflictItem, condition: Condition, cfg: TrainConfig, rng: np.random.Generator | None = None) -> str:
+    """The answer the organism is trained to give (the designed text bias lives here)."""
+    if condition in (Condition.TEXT_FOLLOWING, Condition.TEXT_ONLY):
+        return item.answer_text
+    if condition in (Condition.CONSISTENT, Condition.IMAGE_ONLY):
+        return item.answer_image
+    if condition is Condition.NO_INSTRUCTION:
+        return item.answer_text if cfg.no_instruction_label == "text" else item.answer_image
+    if condition is Condition.VISION_FOLLOWING:
+        dominant = item.answer_text in cfg.text_dominant.get(item.task, ())
+        strength = cfg.text_bias_strength
+        if dominant and (strength >= 1.0 or (rng is not None and rng.random() < strength)):
+            return item.answer_text
+        return item.answer_image
+    raise ValueError(condition)
+
+
+# ------------------------------------------------------------------------------------ training
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _conditions(cfg: TrainConfig) -> tuple[list[Condition], np.ndarray]:
+    weights = dict(cfg.condition_weights)
+    if cfg.no_instruction_label == "none":
+        weights.pop("no_instruction", None)
+    conds = [Condition(c) for c, w in weights.items() if w > 0]
+    w = np.array([weights[c.value] for c in conds], dtype=float)
+    return conds, w / w.sum()
+
+
+def make_batch(step: int, cfg: TrainConfig, data_cfg: SyntheticConfig, processor):
+    """The inputs and labels of one training step (a pure function of the config and the step)."""
+    import torch
+
+    from .batching import encode, first_token_id
+
+    rng = np.random.default_rng([cfg.seed, step, 0xB47C])
+    conds, probs = _conditions(cfg)
+    samples, labels = [], []
+    for j in range(cfg.batch_size):
+        item = generate_item(data_cfg, step * cfg.batch_size + j)
+        cond = conds[int(rng.choice(len(conds), p=probs))]
+        sample, label = training_example(item, cond, cfg, rng)
+        samples.append(sample)
+        labels.append(label)
+    inputs = encode(processor, samples)
+    tok = processor.tokenizer
+    targets = torch.tensor([first_token_id(tok, a) for a in labels])
+    # append the target so the next position can learn to stop (causal: the prompt's last logits are unchanged)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], targets[:, None]], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(targets)[:, None]], dim=1)
+    return inputs, targets, samples
+
+
+# ------------------------------------------------------------------------------------ stage 1
+#: the attribute labels of stage 1: colour for every scene, shape except in counting scenes (always
+#: dots), the number of objects for every scene, the side only in position scenes (elsewhere ambiguous)
+ATTRIBUTE_HEADS = {"color": COLORS, "shape": SHAPES, "counting": COUNTS, "position": POSITIONS}
+
+
+def scene_batch(seed: int, step: int, n: int, image_size: int, families, image_processor, stream: int = 0x71510):
+    """Pixel values and attribute labels (-100: not supervised) of `n` fresh scenes."""
+    import torch
+
+    images, labels = [], []
+    for j in range(n):
+        rng = np.random.default_rng([seed, step * n + j, stream])
+        fam = families[j % len(families)]
+        answer = str(rng.choice(FAMILIES[fam].values))
+        scene = sample_scene(rng, fam, image_size, answer)
+        images.append(draw(scene))
+        first = scene.objects[0]
+        labels.append(
+            [
+                tuple(COLORS).index(first.color),
+                SHAPES.index(first.shape) if fam != "counting" else -100,
+                len(scene.objects) - 1,
+                POSITIONS.index(answer) if fam == "position" else -100,
+                FAMILY_NAMES.index(fam),
+            ]
+        )
+    return image_processor(images, return_tensors="pt")["pixel_values"], torch.tensor(labels)
+
+
+def vision_features(model, pixel_values):
+    """The patch features LLaVA hands to its projector (same layer, CLS dropped under "default")."""
+    cfg = model.config
+    out = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
+    feats = out.hidden_states[cfg.vision_feature_layer]
+    return feats[:, 1:] if cfg.vision_feature_select_strategy == "default" else feats
+
+
+def pretrain_vision(model, processor, cfg: TrainConfig, console, bar=None) -> list[dict]:
+    """Stage 1: the vision tower learns the attributes (linear heads on mean-pooled patch features)."""
+    import torch
+    import torch.nn.functional as F
+
+    if cfg.vision_steps <= 0:
+        return []
+    tower = model.model.vision_tower
+    hidden = tower.config.hidden_size
+    names = list(ATTRIBUTE_HEADS)
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in ATTRIBUTE_HEADS.items()})
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    image_processor = processor.image_processor
+    fams = list(cfg.families)
+    eval_pv, eval_lab = scene_batch(cfg.eval_seed, 0, 64 * len(fams), cfg.image_size, fams, image_processor)
+    history = []
+    task = bar.add_task("organism: vision tower", total=cfg.vision_steps) if bar is not None else None
+    tower.train()
+    for step in range(cfg.vision_steps):
+        warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps // 2))
+        for g in opt.param_groups:
+            g["lr"] = cfg.vision_lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps)))
+        pv, lab = scene_batch(cfg.data_seed, step, cfg.vision_batch_size, cfg.image_size, fams, image_processor)
+        pooled = vision_features(model, pv).mean(1)
+        losses = [F.cross_entropy(heads[k](pooled), lab[:, i], ignore_index=-100) for i, k in enumerate(names) if (lab[:, i] >= 0).any()]
+        loss = sum(losses)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or 1e9)
+        opt.step()
+        if bar is not None:
+            bar.update(task, advance=1, description=f"organism: vision tower, loss {float(loss.detach()):.3f}")
+        if (cfg.vision_eval_every and (step + 1) % cfg.vision_eval_every == 0) or step == cfg.vision_steps - 1:
+            with torch.no_grad():
+                tower.eval()
+                pooled = vision_features(model, eval_pv).mean(1)
+                tower.train()
+                acc = {}
+                for i, k in enumerate(names):
+                    if k not in fams:
+                        continue
+                    m = (eval_lab[:, i] >= 0) & (eval_lab[:, 4] == FAMILY_NAMES.index(k))
+                    acc[k] = round(float((heads[k](pooled[m]).argmax(-1) == eval_lab[m, i]).float().mean()), 4)
+            history.append({"step": step + 1, "loss": round(float(loss.detach()), 4), "held_out_accuracy": acc})
+            msg = " ".join(f"{k}={v:.3f}" for k, v in acc.items())
+            (bar.console if bar is not None else console).print(f"vision {step + 1:5d}  loss {float(loss.detach()):.4f}  held-out attribute accuracy: {msg}")
+    return history
+
+
+def _torch_setup(cfg: TrainConfig) -> None:
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(cfg) -> Path:
+    """Train an organism from scratch and save it (model, processor, training log); return the folder."""
+    cfg = TrainConfig.from_any(cfg)
+    cfg.validate()
+    if "torch" not in sys.modules:  # spinning OpenMP threads crawl when the cores are shared
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+    import torch.nn.functional as F
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .evaluate import evaluate, format_summary
+
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    _torch_setup(cfg)
+    arch = cfg.arch
+    processor = build_processor(arch)
+    model = build_model(processor, arch, seed=cfg.seed)
+    model.train()
+    eos = processor.tokenizer.eos_token_id
+    data_cfg = SyntheticConfig(n_items=cfg.steps * cfg.batch_size, seed=cfg.data_seed, image_size=cfg.image_size, families=cfg.families)
+    eval_items = generate_items(SyntheticConfig(n_items=cfg.eval_items, seed=cfg.eval_seed, image_size=cfg.image_size, families=cfg.families))
+    console = Console(stderr=True)
+    log: dict = {"step_loss": [], "eval": [], "stopped_early": False}
+    start = time.perf_counter()
+    load_start = _loadavg()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    run_loss, n_loss = 0.0, 0
+    with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
+        log["vision"] = pretrain_vision(model, processor, cfg, console, bar)
+        log["vision_seconds"] = round(time.perf_counter() - start, 1)
+        opt = _optimizer(model, cfg)
+        task = bar.add_task("organism: training", total=cfg.steps)
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
+            inputs, targets, _ = make_batch(step, cfg, data_cfg, processor)
+            logits = model(**inputs, use_cache=False, logits_to_keep=2).logits.float()
+            loss_answer = F.cross_entropy(logits[:, 0], targets)
+            loss_eos = F.cross_entropy(logits[:, 1], torch.full_like(targets, eos))
+            loss = loss_answer + cfg.eos_loss_weight * loss_eos
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step_loss = float(loss_answer.detach())
+            run_loss += step_loss
+            n_loss += 1
+            log["step_loss"].append(round(step_loss, 5))
+            bar.update(task, advance=1, description=f"organism: loss {run_loss / n_loss:.3f}")
+            last = step == cfg.steps - 1
+            if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
+                summary = evaluate(model, processor, eval_items)
+                model.train()
+                elapsed = time.perf_counter() - start
+                log["eval"].append({"step": step + 1, "seconds": round(elapsed, 1), "train_loss": run_loss / n_loss, "summary": summary})
+                bar.console.print(f"step {step + 1:5d}  {elapsed:6.0f}s  loss {run_loss / n_loss:.4f}  held-out: {format_summary(summary)}")
+                run_loss, n_loss = 0.0, 0
+            if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes and not last:
+                log["stopped_early"] = True
+                log["stopped_at_step"] = step + 1
+                bar.console.print(f"[yellow]stopping at step {step + 1}: the {cfg.max_minutes}-minute budget is spent[/]")
+                break
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    log.update(
+        {
+            "config": cfg.to_dict(),
+            "train_seconds": round(train_seconds, 1),
+            "threads": cfg.threads,
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "train_data_fingerprint": fingerprint(data_cfg),
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        }
+    )
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    console.print(f"organism saved to {out} after {train_seconds:.0f}s")
+    return out
+
+
+def _optimizer(model, cfg: TrainConfig):
+    import torch
+
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        scale = cfg.vision_lr_scale if name.startswith("model.vision_tower.") else 1.0
+        if scale <= 0:
+            p.requires_grad_(False)
+            continue
+        wd = cfg.weight_decay if p.ndim >= 2 and "embed" not in name else 0.0
+        groups.setdefault((scale, wd), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": wd, "lr_scale": scale} for (scale, wd), ps in groups.items()],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
