@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install analyze test bench clean
+.PHONY: install analyze test bench clean browser
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ install: $(STAMP)
 analyze: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mllm-arb analyze
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# headless Chromium for the report's browser test (tests/test_report.py); best effort: where it cannot
+# be installed (no apt-get, no root or password-less sudo) that test is skipped and says why
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; } || \
+	echo "warning: could not install Chromium (apt-get chromium); the report's browser test will be skipped"
 
 clean:
 	rm -rf $(VENV)

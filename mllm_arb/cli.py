@@ -240,6 +240,10 @@ def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PR
         except ValueError as exc:
             raise UserError(str(exc)) from None
         items, fp = build_items(cfg.data)
+        if a.max_items and len(items) > a.max_items:
+            # the sweep costs edges × layers forward passes per sample: cap it unless asked for more
+            items = items[: int(a.max_items)]
+            fp = hashlib.sha256(f"{fp}:first-{a.max_items}".encode()).hexdigest()[:16]
         samples = render_all(items, conditions_from(a.settings), **cfg.templates)
         adapter = load_model(cfg)
         check_answers(adapter.tokenizer, samples)
@@ -294,8 +298,7 @@ def rank_heads_cmd(
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
 ) -> None:
-    """Heads: score every attention head (exact ablation, attribution patching, direct logit attribution)
-    on the ranking split; heatmaps, method agreement and a reusable heads.json."""
+    """Heads: score every attention head (ablation, attribution patching, DLA) and write heads.json."""
     with user_errors():
         from .analysis.head_stages import cli_overrides, rank_stage
 
@@ -313,8 +316,7 @@ def ablate_cmd(
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
 ) -> None:
-    """Heads: block the top heads on the evaluation split; MFR and log-odds against random and
-    lowest-ranked head sets, controls, and a dose-response over k."""
+    """Heads: block the top heads; MFR against random and lowest-ranked heads, controls, dose-response."""
     with user_errors():
         from .analysis.head_stages import ablate_stage, cli_overrides
 
@@ -344,8 +346,7 @@ def amplify_cmd(
 
 @app.command("run")
 def run_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
-    """The whole study: build-data → evaluate → analyze → rank-heads → ablate → amplify, as stage run
-    directories inside one parent run directory."""
+    """The whole study: build-data → evaluate → analyze → rank-heads → ablate → amplify in one parent run."""
     with user_errors():
         from .analysis.head_stages import run_pipeline
 
@@ -358,8 +359,8 @@ def run_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_
 
 @app.command("report")
 def report_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="A `run` directory, one stage run, or several stage runs of one model "
-                                          "(with --compare: runs of several models)."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="A `run` directory, one stage run, or several "
+                                          "stage runs of one model (with --compare: runs of several models)."),
     compare: bool = typer.Option(False, "--compare", help="One page putting the models of the runs side by side."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: report.html in the "
                                        "run directory; with --compare, compare.html here)."),
@@ -381,6 +382,43 @@ def report_cmd(
                 raise UserError(str(exc)) from None
             console.print(f"screenshot: {png} ({len(check.desktop.get('figures', []))} figures, "
                           f"{len(check.console_errors)} console errors)")
+
+
+organism_app = typer.Typer(no_args_is_help=True, help="The model organism: train it from scratch, or ship it.")
+app.add_typer(organism_app, name="organism")
+
+
+@organism_app.command("train")
+def organism_train_cmd(
+    ship: bool = typer.Option(False, "--ship", help="Train into the package's checkpoint folder, then evaluate it on "
+                              "1,000 held-out items per condition and rewrite its MODEL_CARD.md."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Train the organism from scratch on CPU (config conf/organism/default.yaml), deterministically from a seed."""
+    with user_errors():
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(conf_dir() / "organism"), version_base=None):
+            cfg = hydra_compose(config_name="default", overrides=list(overrides or []))
+        if print_cfg:
+            console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
+            return
+        from .organism import CHECKPOINT_DIR
+        from .organism.card import document
+        from .organism.train import train
+
+        if ship:
+            cfg.output_dir, cfg.overwrite = str(CHECKPOINT_DIR), True
+        try:
+            path = train(cfg)
+        except (ValueError, FileExistsError) as exc:
+            raise UserError(str(exc)) from None
+        console.print(f"organism saved to {path}")
+        if ship:
+            results = document(path, threads=cfg.threads)
+            console.print({c: round(v["rate"], 4) for c, v in results["summary"].items()}, results["targets_met"])
 
 
 def print_findings(findings: dict, title: str) -> None:
