@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -14,6 +15,16 @@ from mllm_arb.organism import CHECKPOINT_DIR, checkpoint_path
 from mllm_arb.organism.task import FAMILIES
 
 SAMPLE_ITEMS = 200  # per condition, held-out seed
+#: two OpenMP threads only when they sleep while waiting: spinning ones crawl on shared cores
+THREADS = 2 if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else 1
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ parts built in code
@@ -138,16 +149,18 @@ def test_checkpoint_meets_the_behaviour_targets_on_held_out_items(shipped):
     assert rates["consistent"] >= 0.98, rates
     assert rates["text_following"] >= 0.95, rates
     assert 0.60 <= rates["vision_following"] <= 0.90, rates
-    # the failures are the designed ones: per family, vision following stays well below perfect
+    # perception holds in every family, while vision following fails on a real minority in each
+    assert all(r >= 0.95 for r in s["image_only"]["per_family"].values()), s["image_only"]["per_family"]
     assert all(r < 0.97 for r in s["vision_following"]["per_family"].values()), s["vision_following"]["per_family"]
 
 
 def test_checkpoint_runs_through_the_toolkit_adapter(shipped):
     """Token groups are found for every part of the prompt, and the adapter's logits match."""
-    from mllm_arb.models.llava import LlavaAdapter
+    from mllm_arb.models.loading import load_adapter
 
     model, processor = shipped
-    adapter = LlavaAdapter(model, processor, name="organism")
+    adapter = load_adapter("organism")  # the toolkit's own loading path
+    assert adapter.family == "llava"
     items = generate_items(SyntheticConfig(n_items=4, seed=1000, families=_families()))
     samples = [render(it, Condition.VISION_FOLLOWING) for it in items]
     batch = adapter.build_batch(samples)
@@ -171,8 +184,9 @@ def test_checkpoint_generates_one_word_and_stops(shipped):
     item = generate_items(SyntheticConfig(n_items=1, seed=1000))[0]
     inputs = encode(processor, [render(item, Condition.IMAGE_ONLY)])
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    assert text == item.answer_image
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert processor.tokenizer.decode(new, skip_special_tokens=True).strip() == item.answer_image
+    assert new[1] == processor.tokenizer.eos_token_id  # one word, then the end of the answer
 
 
 def _families():
@@ -192,6 +206,7 @@ def _short(tmp_path, name, **kw):
         "eval_every": 0,
         "eval_items": 8,
         "progress": False,
+        "threads": THREADS,
         "arch": {"text_hidden": 64, "text_intermediate": 128, "vision_hidden": 32, "vision_intermediate": 64, "vision_layers": 2},
         **kw,
     }
@@ -242,13 +257,16 @@ def test_train_accepts_a_plain_dict_and_rejects_unknown_options(tmp_path):
         train({"stepz": 5, "output_dir": str(tmp_path / "x")})
 
 
-def test_the_yaml_config_mirrors_the_train_config():
+def test_the_yaml_config_mirrors_the_train_config_and_made_the_checkpoint():
+    from dataclasses import asdict
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     from mllm_arb.organism.train import TrainConfig
 
-    yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "organism" / "default.yaml")
-    cfg = TrainConfig.from_any(yaml)
-    assert cfg == TrainConfig.from_any(json.loads((CHECKPOINT_DIR / "training_log.json").read_text())["config"]) or cfg.steps > 0
+    yaml = TrainConfig.from_any(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "organism" / "default.yaml"))
+    shipped = TrainConfig.from_any(json.loads((CHECKPOINT_DIR / "training_log.json").read_text())["config"])
+    where = {"output_dir", "overwrite", "progress", "max_minutes"}  # where and how, not what
+    assert {k: v for k, v in asdict(yaml).items() if k not in where} == {k: v for k, v in asdict(TrainConfig()).items() if k not in where}
+    assert {k: v for k, v in asdict(yaml).items() if k not in where} == {k: v for k, v in asdict(shipped).items() if k not in where}

@@ -1,7 +1,7 @@
 """`python -m mllm_arb.organism [--ship] [key=value ...]`: train the organism from `conf/organism/default.yaml`.
 
 With `--ship`, train into the package's checkpoint folder, then evaluate it on 1,000 held-out items per
-condition and write `MODEL_CARD.md` (the project CLI's `mllm-arb organism train` wraps the same calls).
+condition and write `MODEL_CARD.md` (the same calls a project CLI command should make).
 """
 
 from __future__ import annotations

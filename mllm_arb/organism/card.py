@@ -31,29 +31,80 @@ def load_organism(path: str | Path):
     return model, processor
 
 
-def evaluate_checkpoint(path: str | Path, n_items: int = 1000, seed: int = 1000, families=None, batch_size: int = 64, threads: int | None = None) -> dict:
-    """Held-out metrics of a saved organism: per condition and per attribute family."""
+def evaluate_checkpoint(
+    path: str | Path,
+    n_items: int = 1000,
+    seed: int = 1000,
+    families=None,
+    text_dominant: dict | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    paraphrase_items: int = 0,
+) -> dict:
+    """Held-out metrics of a saved organism: per condition and per attribute family.
+
+    With `paraphrase_items`, the two instructed conditions are also scored on that many items under
+    each instruction paraphrase (index 0 is the study's sentence).
+
+    With `text_dominant` (the training config's), vision following is also split into the items whose
+    context names a text-dominant value (designed to fail) and the others (designed to follow).
+    """
     import torch
 
-    from ..data.synthetic import SyntheticConfig, fingerprint, generate_items
-    from .evaluate import evaluate
+    from ..data.records import Condition
+    from ..data.synthetic import SyntheticConfig, generate_items
+    from ..data.templates import render
+    from .evaluate import score
 
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    model, processor = load_organism(path)
-    kw = {"families": tuple(families)} if families else {}
-    data_cfg = SyntheticConfig(n_items=n_items, seed=seed, image_size=model.config.vision_config.image_size, **kw)
-    items = generate_items(data_cfg)
-    start = time.perf_counter()
-    summary = evaluate(model, processor, items, batch_size=batch_size)
-    return {
-        "n_items_per_condition": n_items,
-        "seed": seed,
+    try:
+        model, processor = load_organism(path)
+        kw = {"families": tuple(families)} if families else {}
+        data_cfg = SyntheticConfig(n_items=n_items, seed=seed, image_size=model.config.vision_config.image_size, **kw)
+        items = generate_items(data_cfg)
+        start = time.perf_counter()
+        rows = score(model, processor, [render(it, c) for c in Condition for it in items], batch_size=batch_size)
+        seconds = time.perf_counter() - start
+        return _results(model, processor, items, rows, seconds, data_cfg, text_dominant, paraphrase_items, batch_size)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _results(model, processor, items, rows, seconds, data_cfg, text_dominant, paraphrase_items, batch_size) -> dict:
+    from ..data.records import CONFLICT_CONDITIONS as CONFLICT
+    from ..data.records import Condition
+    from ..data.synthetic import INSTRUCTION_PARAPHRASES, fingerprint
+    from ..data.templates import render
+    from .evaluate import score, summarize
+
+    summary = summarize(rows)
+    results = {
+        "n_items_per_condition": len(items),
+        "seed": data_cfg.seed,
         "data_fingerprint": fingerprint(data_cfg),
-        "eval_seconds": round(time.perf_counter() - start, 1),
+        "eval_seconds": round(seconds, 1),
         "summary": summary,
         "targets_met": targets_met(summary),
     }
+    if paraphrase_items:
+        sub = items[:paraphrase_items]
+        para = {}
+        for k, (t, v) in enumerate(zip(INSTRUCTION_PARAPHRASES["text"], INSTRUCTION_PARAPHRASES["vision"])):
+            samples = [render(it, c, text_instruction=t, vision_instruction=v) for c in CONFLICT for it in sub]
+            s = summarize(score(model, processor, samples, batch_size=batch_size))
+            para[k] = {c.value: s[c.value]["rate"] for c in CONFLICT}
+        results["paraphrases"] = {"n_items": len(sub), "rates": para}
+    if text_dominant is not None:
+        by_id = {it.item_id: it for it in items}
+        split: dict[str, list[bool]] = {"dominant": [], "other": []}
+        for r in rows:
+            if r["condition"] == Condition.VISION_FOLLOWING.value:
+                it = by_id[r["item_id"]]
+                split["dominant" if it.answer_text in text_dominant.get(it.task, ()) else "other"].append(r["follows"])
+        results["vision_following_by_design"] = {k: {"n": len(v), "rate": sum(v) / max(1, len(v))} for k, v in split.items()}
+    return results
 
 
 def targets_met(summary: dict) -> dict[str, bool]:
@@ -68,7 +119,7 @@ def folder_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def write_model_card(path: str | Path, results: dict, training_log: dict | None = None) -> Path:
+def write_model_card(path: str | Path, results: dict, training_log: dict | None = None, notes: list[str] | None = None) -> Path:
     """Write `MODEL_CARD.md` (and `eval_results.json`) into the checkpoint folder from measured numbers."""
     path = Path(path)
     if training_log is None:
@@ -167,12 +218,16 @@ def write_model_card(path: str | Path, results: dict, training_log: dict | None 
         f"- Stage 2, whole model: {cfg['steps']} steps × {cfg['batch_size']} prompts, AdamW lr {cfg['lr']} "
         f"(vision tower × {cfg['vision_lr_scale']}), {cfg['warmup_steps']} warm-up steps, cosine to {cfg['min_lr_ratio']}×.",
         f"- **Training time: {training_log['train_seconds'] / 60:.1f} min** wall clock from scratch "
-        f"(stage 1: {training_log.get('vision_seconds', 0) / 60:.1f} min) on {training_log.get('cpu_count')} CPU cores "
-        f"({training_log.get('machine') or 'x86_64'}), torch {training_log.get('torch')}; load average at start/end "
-        f"{training_log.get('loadavg_start')} / {training_log.get('loadavg_end')} (the cores were shared with other work).",
+        f"(stage 1: {training_log.get('vision_seconds', 0) / 60:.1f} min; periodic held-out evaluations included) on "
+        f"{training_log.get('cpu_count')} CPU cores ({training_log.get('machine') or 'x86_64'}), torch {training_log.get('torch')}, "
+        f"{training_log.get('threads')} threads, OMP_WAIT_POLICY={training_log.get('omp_wait_policy')}; load average (1/5/15 min) at "
+        f"start {training_log.get('loadavg_start')} and end {training_log.get('loadavg_end')}: the cores were shared with other work.",
+        "- Shared cores: set `OMP_WAIT_POLICY=PASSIVE` before torch loads (`python -m mllm_arb.organism` does). With",
+        "  spinning OpenMP threads, two threads competing with other processes ran up to 10× slower here.",
     ]
     if training_log.get("stopped_early"):
         lines.append(f"- Stopped early at step {training_log.get('stopped_at_step')} (time budget).")
+    lines += [f"- {note}" for note in notes or ()]
     lines += [
         "",
         f"## Held-out behaviour ({results['n_items_per_condition']} items per condition, seed {results['seed']})",
@@ -193,9 +248,33 @@ def write_model_card(path: str | Path, results: dict, training_log: dict | None 
         per = " | ".join(pct(v["per_family"].get(f, float("nan"))) for f in families)
         lines.append(f"| {cond} | {pct(v['rate'])} | {v['mean_p_follow']:.3f} | {target} | {per} |")
     met = results["targets_met"]
+    design = results.get("vision_following_by_design")
+    if design:
+        d, o = design["dominant"], design["other"]
+        lines += [
+            "",
+            f"Vision following by design: items whose context names a text-dominant value follow the image in "
+            f"{pct(d['rate'])} of {d['n']} (designed to fail); the other items in {pct(o['rate'])} of {o['n']}.",
+        ]
+    para = results.get("paraphrases")
+    if para:
+        from ..data.synthetic import INSTRUCTION_PARAPHRASES
+
+        lines += [
+            "",
+            f"Instruction paraphrases ({para['n_items']} held-out items each; #0 is the study's sentence, #1–#4 the "
+            "training paraphrases of `INSTRUCTION_PARAPHRASES`):",
+            "",
+            "| instruction | text_following | vision_following | vision sentence |",
+            "| --- | --- | --- | --- |",
+        ]
+        for k, rates in para["rates"].items():
+            sentence = INSTRUCTION_PARAPHRASES["vision"][int(k)]
+            lines.append(f"| #{k} | {pct(rates['text_following'])} | {pct(rates['vision_following'])} | {sentence} |")
     lines += [
         "",
         "Targets met: " + ", ".join(f"{k} {'yes' if ok else '**no**'}" for k, ok in met.items()) + ".",
+        f"Evaluation took {results.get('eval_seconds')} s; data fingerprint `{results.get('data_fingerprint')}`.",
         "",
         "## Use",
         "",
@@ -216,10 +295,26 @@ def write_model_card(path: str | Path, results: dict, training_log: dict | None 
     return card
 
 
-def document(path: str | Path, n_items: int = 1000, seed: int = 1000, threads: int | None = None) -> dict:
-    """Evaluate a saved organism on held-out items and write its card; return the results."""
+def document(
+    path: str | Path,
+    n_items: int = 1000,
+    seed: int = 1000,
+    threads: int | None = None,
+    paraphrase_items: int = 400,
+    notes: list[str] | None = None,
+) -> dict:
+    """Evaluate a saved organism on held-out items and write its card (with extra training `notes`)."""
     path = Path(path)
     log = json.loads((path / "training_log.json").read_text())
-    results = evaluate_checkpoint(path, n_items=n_items, seed=seed, families=log["config"]["families"], threads=threads)
-    write_model_card(path, results, log)
+    cfg = log["config"]
+    results = evaluate_checkpoint(
+        path,
+        n_items=n_items,
+        seed=seed,
+        families=cfg["families"],
+        text_dominant=cfg["text_dominant"],
+        threads=threads,
+        paraphrase_items=paraphrase_items,
+    )
+    write_model_card(path, results, log, notes=notes)
     return results

@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -298,20 +299,43 @@ def pretrain_vision(model, processor, cfg: TrainConfig, console, bar=None) -> li
     return history
 
 
-def _torch_setup(cfg: TrainConfig) -> None:
+@contextmanager
+def torch_state(threads: int, seed: int):
+    """Threads, seed and deterministic algorithms for a run; the caller's settings come back afterwards."""
     import torch
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    threads_before = torch.get_num_threads()
+    det_before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng_before = torch.random.get_rng_state()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(det_before, warn_only=warn_before)
+        torch.random.set_rng_state(rng_before)
 
 
 def train(cfg) -> Path:
-    """Train an organism from scratch and save it (model, processor, training log); return the folder."""
+    """Train an organism from scratch and save it (model, processor, training log); return the folder.
+
+    `cfg`: a `TrainConfig`, a dict of its fields, or an OmegaConf node (`conf/organism/default.yaml`).
+    """
     cfg = TrainConfig.from_any(cfg)
     cfg.validate()
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     if "torch" not in sys.modules:  # spinning OpenMP threads crawl when the cores are shared
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with torch_state(cfg.threads, cfg.seed):
+        return _train(cfg, out)
+
+
+def _train(cfg: TrainConfig, out: Path) -> Path:
     import torch
     import torch.nn.functional as F
     from rich.console import Console
@@ -319,10 +343,6 @@ def train(cfg) -> Path:
 
     from .evaluate import evaluate, format_summary
 
-    out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    _torch_setup(cfg)
     arch = cfg.arch
     processor = build_processor(arch)
     model = build_model(processor, arch, seed=cfg.seed)
@@ -385,7 +405,8 @@ def train(cfg) -> Path:
             "cpu_count": os.cpu_count(),
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": _cpu_name(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__,
             "train_data_fingerprint": fingerprint(data_cfg),
             "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -413,6 +434,16 @@ def _optimizer(model, cfg: TrainConfig):
         betas=(0.9, 0.98),
         eps=1e-8,
     )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _loadavg() -> list[float] | None:
