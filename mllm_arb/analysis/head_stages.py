@@ -1,0 +1,528 @@
+"""The stages behind `rank-heads`, `ablate`, `amplify` and `run`: validate everything, then create
+the run directory, compute, and write per-sample rows, results.json, heads.json and plots.
+
+Every stage checks its whole input (sweep options, splits, the heads file against the loaded model)
+before its run directory exists, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from ..data.records import ConflictItem, Sample
+from ..errors import UserError
+from ..runs import RunDir
+from .head_sets import FILE_NAME, HeadSet, check_model, from_ranking, read_head_set, write_head_set
+from .heads import (
+    METHODS,
+    Prepared,
+    Removal,
+    head_means,
+    method_agreement,
+    method_scores,
+    passes_per_sample,
+    prepare,
+    rank,
+    score_matrices,
+    score_rows,
+)
+from .sweeps import (
+    POOLED,
+    SweepConfig,
+    amplification_arms,
+    arm_cost,
+    baseline,
+    blocking_arms,
+    check_split_sizes,
+    random_amplification_arms,
+    run_arms,
+    split_items,
+    split_preps,
+    summarise_amplification,
+    summarise_blocking,
+    summarise_dose,
+    summarise_random_amplification,
+)
+
+
+def _cli():
+    from .. import cli  # the console, progress bars and model loading the other commands use
+
+    return cli
+
+
+def cli_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=None, alphas=None) -> list[str]:
+    """The head commands' options as Hydra overrides, so they land in the saved config and its hash."""
+    out = []
+    if top_k is not None and top_n is not None:
+        raise UserError("give --top-k or --top-n, not both")
+    if heads is not None and from_run is not None:
+        raise UserError("give --heads or --from, not both")
+    if top_k is not None:
+        out.append(f"sweep.top_k={top_k}")
+    if top_n is not None:
+        out.append(f"sweep.top_n={top_n}")
+    if from_run is not None:
+        if not Path(from_run).is_dir():
+            raise UserError(f"--from {from_run}: not a run directory")
+        heads = Path(from_run) / FILE_NAME
+        if not heads.is_file():
+            raise UserError(f"--from {from_run}: no {FILE_NAME} there (is it a rank-heads, ablate or amplify run?)")
+    if heads is not None:
+        out.append(f"sweep.heads_file='{Path(heads).resolve()}'")
+    if method is not None:
+        if method not in METHODS:
+            raise UserError(f"--method {method!r}: choose from {', '.join(METHODS)}")
+        out.append(f"sweep.rank_method={method}")
+    if alphas:
+        out.append(f"sweep.alphas=[{','.join(str(a) for a in alphas)}]")
+    return out
+
+
+# ------------------------------------------------------------------------------------ shared setup
+@dataclass
+class Study:
+    """Everything a head stage needs, validated before any run directory exists."""
+
+    cfg: DictConfig
+    sweep: SweepConfig
+    fingerprint: str
+    rank_items: list[ConflictItem]
+    eval_items: list[ConflictItem]
+    adapter: object
+    head_set: HeadSet | None  # from --heads / --from
+    n_overlap_dropped: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.parts.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.adapter.parts.n_heads
+
+    @property
+    def total(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def rank_samples(self) -> list[Sample]:
+        return render(self.cfg, self.rank_items, self.sweep.settings)
+
+    def eval_samples(self) -> list[Sample]:
+        return render(self.cfg, self.eval_items, (*self.sweep.settings, *self.sweep.controls))
+
+    def manifest(self) -> dict:
+        return {"dataset_fingerprint": self.fingerprint, "model_source": str(self.cfg.model.path),
+                "n_rank_items": len(self.rank_items), "n_eval_items": len(self.eval_items),
+                "heads_file": self.sweep.heads_file, "n_eval_items_dropped_overlap": self.n_overlap_dropped}
+
+    def removal(self, rank_preps: list[Prepared] | None) -> Removal:
+        if self.sweep.ablation != "mean":
+            return Removal("zero", self.sweep.positions)
+        preps = rank_preps if rank_preps is not None else prepare(self.adapter, self.rank_samples(), self.cfg.batch_size)
+        try:
+            return Removal("mean", self.sweep.positions, head_means(self.adapter, preps, self.sweep.positions))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+
+def render(cfg: DictConfig, items, conditions) -> list[Sample]:
+    from ..data.templates import render_all
+
+    try:
+        return render_all(items, conditions, **cfg.templates)
+    except ValueError as exc:  # e.g. a consistent-context control for items without one
+        raise UserError(f"{exc}; drop that condition from sweep.controls / sweep.settings") from None
+
+
+def setup(cfg: DictConfig) -> Study:
+    from ..analysis.behaviour import check_answers
+    from ..data.sources import build_items
+
+    sweep = SweepConfig.from_cfg(cfg.sweep)
+    head_set = read_head_set(sweep.heads_file) if sweep.heads_file else None
+    items, fp = build_items(cfg.data)
+    rank_items, eval_items = split_items(items, sweep.rank_fraction, cfg.seed)
+    dropped = 0
+    if head_set is not None and head_set.rank_items:
+        # effects are measured only on items the heads were not ranked on, whatever split made them
+        used = set(head_set.rank_items)
+        kept = [it for it in eval_items if it.item_id not in used]
+        dropped, eval_items = len(eval_items) - len(kept), kept
+    check_split_sizes(len(rank_items), len(eval_items), len(items), sweep)
+    study_items = [*rank_items, *eval_items]
+    check_answers_for = render(cfg, study_items, (*sweep.settings, *sweep.controls))
+    cli = _cli()
+    adapter = cli.load_model(cfg)
+    check_answers(adapter.tokenizer, check_answers_for)
+    parts = adapter.parts
+    sweep.check_heads(parts.n_layers * parts.n_heads)
+    if head_set is not None:
+        check_model(head_set, adapter.name, parts.n_layers, parts.n_heads, sweep.allow_other_model)
+    return Study(cfg, sweep, fp, rank_items, eval_items, adapter, head_set, dropped)
+
+
+def _title(study: Study) -> str:
+    return f"{study.adapter.name} on {study.cfg.data.source}"
+
+
+# ------------------------------------------------------------------------------------ rank-heads
+@dataclass
+class Ranking:
+    head_set: HeadSet
+    scores: dict[str, dict[str, list[list[float]]]]  # method -> setting/pooled -> [L][H]
+    rows: list[dict]
+    agreement: dict
+
+
+def compute_ranking(study: Study, methods, rank_preps: list[Prepared], removal: Removal, bar=None) -> Ranking:
+    sweep, adapter = study.sweep, study.adapter
+    n_samples = sum(len(p.batch) for p in rank_preps)
+    scores, rows = {}, []
+    for method in methods:
+        task = bar.add_task(f"ranking heads: {method}", total=n_samples * passes_per_sample(method, study.n_layers, study.n_heads)) if bar else None
+        per_sample = method_scores(adapter, rank_preps, method, removal, on_step=(lambda n, t=task: bar.advance(t, n)) if bar else None)
+        scores[method] = score_matrices(rank_preps, per_sample)
+        rows += score_rows(rank_preps, method, per_sample)
+    n = sweep.n_selected(study.total)
+    ranked = rank(scores[sweep.rank_method][sweep.rank_by])
+    head_set = from_ranking(
+        ranked, n, model=adapter.name, n_layers=study.n_layers, n_heads=study.n_heads, method=sweep.rank_method,
+        rank_by=sweep.rank_by, dataset_fingerprint=study.fingerprint, top_k=None if sweep.top_n else sweep.top_k,
+        rank_items=tuple(it.item_id for it in study.rank_items),
+        extra={"ablation": removal.mode, "positions": removal.positions},
+    )
+    agreement = method_agreement({m: s["pooled"] for m, s in scores.items()}, n) if len(scores) > 1 else {}
+    return Ranking(head_set, scores, rows, agreement)
+
+
+def ranking_results(study: Study, ranking: Ranking) -> dict:
+    n = len(ranking.head_set.heads)
+    return {
+        "model": study.adapter.name,
+        "dataset_fingerprint": study.fingerprint,
+        "n_layers": study.n_layers,
+        "n_heads": study.n_heads,
+        "n_rank_items": len(study.rank_items),
+        "n_eval_items": len(study.eval_items),
+        "rank_method": study.sweep.rank_method,
+        "rank_by": study.sweep.rank_by,
+        "ablation": study.sweep.ablation,
+        "positions": study.sweep.positions,
+        "n_selected": n,
+        "heads": [list(h) for h in ranking.head_set.heads],
+        "top": {m: [{"layer": l, "head": h, "score": v} for l, h, v in rank(s["pooled"])[: max(2 * n, 10)]]
+                for m, s in ranking.scores.items()},
+        "scores": ranking.scores,
+        "agreement": ranking.agreement,
+    }
+
+
+def rank_stage(cfg: DictConfig) -> Path:
+    from ..report.head_figures import draw_rank_figures
+
+    cli = _cli()
+    study = setup(cfg)
+    run = RunDir.create(cfg.output_dir, "rank-heads", cfg.model.name, cfg)
+    run.write_manifest(**study.manifest())
+    rank_preps = prepare(study.adapter, study.rank_samples(), cfg.batch_size)
+    removal = study.removal(rank_preps)
+    with run.timed("rank"), cli.progress() as bar:
+        ranking = compute_ranking(study, study.sweep.methods, rank_preps, removal, bar)
+    run.write_table("scores.parquet", ranking.rows)
+    write_head_set(run.file(FILE_NAME), ranking.head_set)
+    results = ranking_results(study, ranking)
+    run.write_json("results.json", results)
+    with run.timed("plots"):
+        draw_rank_figures(results, run.file("plots"), _title(study))
+    print_ranking(cli.console, results, _title(study))
+    cli.console.print(f"heads: {run.file(FILE_NAME)}  (use: mllm-arb ablate --from {run.path})")
+    cli.console.print(f"run directory: {run.path}")
+    return run.path
+
+
+def heads_for(study: Study, run: RunDir, rank_preps, removal, bar) -> HeadSet:
+    """The file's head set, or a fresh ranking by `sweep.rank_method` (saved as this run's heads.json)."""
+    if study.head_set is not None:
+        head_set = study.head_set
+    else:
+        ranking = compute_ranking(study, (study.sweep.rank_method,), rank_preps, removal, bar)
+        run.write_table("scores.parquet", ranking.rows)
+        head_set = ranking.head_set
+    write_head_set(run.file(FILE_NAME), head_set)
+    return head_set
+
+
+# ------------------------------------------------------------------------------------ ablate
+def ablate_stage(cfg: DictConfig) -> Path:
+    from ..report.head_figures import draw_blocking_figures
+
+    cli = _cli()
+    study = setup(cfg)
+    sweep, adapter = study.sweep, study.adapter
+    run = RunDir.create(cfg.output_dir, "ablate", cfg.model.name, cfg)
+    run.write_manifest(**study.manifest())
+    needs_rank = study.head_set is None or sweep.ablation == "mean"
+    rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if needs_rank else None
+    eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
+    settings, controls = split_preps(eval_preps, sweep.settings)
+    with cli.progress() as bar:
+        removal = study.removal(rank_preps)
+        with run.timed("rank"):
+            head_set = heads_for(study, run, rank_preps, removal, bar)
+        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+        arms = blocking_arms(head_set, n, sweep, cfg.seed)
+        task = bar.add_task(f"blocking ({len(arms)} head sets)", total=sum(len(p.batch) for p in eval_preps)
+                            + sum(arm_cost(a, settings, controls) for a in arms))
+        step = lambda k: bar.advance(task, k)  # noqa: E731
+        with run.timed("sweep"):
+            base = dict(zip(map(id, eval_preps), baseline(adapter, eval_preps, step)))
+            rows = run_arms(adapter, arms, settings, controls, base, removal, step)
+    run.write_table("samples.parquet", rows)
+    names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
+    results = {
+        **_common(study, head_set, removal, n),
+        "blocking": summarise_blocking(rows, *names, n_boot=cfg.scoring.n_boot, seed=cfg.seed),
+        "dose": summarise_dose(rows, names[0], n_boot=cfg.scoring.n_boot, seed=cfg.seed),
+    }
+    run.write_json("results.json", results)
+    with run.timed("plots"):
+        draw_blocking_figures(results, run.file("plots"), _title(study))
+    print_blocking(cli.console, results, _title(study))
+    cli.console.print(f"run directory: {run.path}")
+    return run.path
+
+
+def _common(study: Study, head_set: HeadSet, removal: Removal, n: int) -> dict:
+    return {
+        "model": study.adapter.name,
+        "dataset_fingerprint": study.fingerprint,
+        "n_layers": study.n_layers,
+        "n_heads": study.n_heads,
+        "n_rank_items": len(study.rank_items),
+        "n_eval_items": len(study.eval_items),
+        "n_eval_items_dropped_overlap": study.n_overlap_dropped,
+        "heads_source": study.sweep.heads_file or "ranked in this run",
+        "heads_dataset_fingerprint": head_set.dataset_fingerprint,
+        "rank_method": head_set.method,
+        "ablation": removal.mode,
+        "positions": removal.positions,
+        "n_selected": n,
+        "fraction_selected": n / study.total,
+        "heads": [list(h) for h in head_set.top(n)],
+        "settings": [c.value for c in study.sweep.settings],
+        "controls": [c.value for c in study.sweep.controls],
+    }
+
+
+# ------------------------------------------------------------------------------------ amplify
+def amplify_stage(cfg: DictConfig) -> Path:
+    from ..report.head_figures import draw_amplification_figures
+
+    cli = _cli()
+    study = setup(cfg)
+    sweep, adapter = study.sweep, study.adapter
+    run = RunDir.create(cfg.output_dir, "amplify", cfg.model.name, cfg)
+    run.write_manifest(**study.manifest())
+    rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if study.head_set is None else None
+    eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
+    settings, controls = split_preps(eval_preps, sweep.settings)
+    names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
+    boot = {"n_boot": cfg.scoring.n_boot, "seed": cfg.seed}
+    with cli.progress() as bar:
+        with run.timed("rank"):
+            head_set = heads_for(study, run, rank_preps, study.removal(rank_preps) if rank_preps else None, bar)
+        removal = Removal("zero", sweep.positions)  # amplification only scales: this says where
+        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+        arms = amplification_arms(head_set.top(n), sweep.alphas)
+        task = bar.add_task(f"amplifying (α = {', '.join(map(str, sweep.alphas))})",
+                            total=sum(len(p.batch) for p in eval_preps) + sum(arm_cost(a, settings, controls) for a in arms)
+                            + sweep.n_random * sum(len(p.batch) for p in settings))
+        step = lambda k: bar.advance(task, k)  # noqa: E731
+        with run.timed("sweep"):
+            base = dict(zip(map(id, eval_preps), baseline(adapter, eval_preps, step)))
+            rows = run_arms(adapter, arms, settings, controls, base, removal, step)
+            amp = summarise_amplification(rows, *names, **boot)
+            rand_arms = random_amplification_arms(head_set, n, amp["best_alpha"], sweep.n_random, cfg.seed)
+            rows += run_arms(adapter, rand_arms, settings, controls, base, removal, step)
+    run.write_table("samples.parquet", rows)
+    amp["random_at_best_alpha"] = summarise_random_amplification(rows, names[0], **boot)
+    results = {**_common(study, head_set, removal, n), "amplification": amp}
+    run.write_json("results.json", results)
+    with run.timed("plots"):
+        draw_amplification_figures(results, run.file("plots"), _title(study))
+    print_amplification(cli.console, results, _title(study))
+    cli.console.print(f"run directory: {run.path}")
+    return run.path
+
+
+# ------------------------------------------------------------------------------------ run (the chain)
+STAGES = ("build-data", "evaluate", "analyze", "rank-heads", "ablate", "amplify")
+
+
+def _is_data_override(o: str) -> bool:
+    key = o.lstrip("+~").split("=", 1)[0]
+    return key == "data" or key.startswith("data.")
+
+
+def _new_run(root: Path, command: str, before: set[Path]) -> Path:
+    made = sorted(p for p in (root / command).glob("*/*") if p.is_dir() and p not in before)
+    if len(made) != 1:
+        raise RuntimeError(f"expected one new {command} run under {root}, found {len(made)}")
+    return made[0]
+
+
+def run_pipeline(cfg: DictConfig, overrides: list[str], commands: dict) -> Path:
+    """build-data → evaluate → analyze → rank-heads → ablate → amplify, as child run directories
+    inside one parent `outputs/run/<model>/<stamp>/`; the parent's manifest links each child and its
+    results.json gathers their headline numbers. Later stages read the dataset the first one saved;
+    ablate and amplify reuse rank-heads' heads.json."""
+    from ..data.sources import build_items
+
+    sweep = SweepConfig.from_cfg(cfg.sweep)  # bad sweep options fail before anything is written
+    if sweep.heads_file:
+        raise UserError("`run` ranks heads itself; drop sweep.heads_file (use ablate/amplify --heads for a given set)")
+    items, _ = build_items(cfg.data)
+    rank_items, eval_items = split_items(items, sweep.rank_fraction, cfg.seed)
+    check_split_sizes(len(rank_items), len(eval_items), len(items), sweep)
+    parent = RunDir.create(cfg.output_dir, "run", cfg.model.name, cfg)
+    root = parent.path
+    child = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "output_dir"] + [f"output_dir='{root}'"]
+    stages: dict[str, str] = {}
+
+    def stage(command: str, fn, args: list[str]) -> Path:
+        before = {p for p in (root / command).glob("*/*")}
+        with parent.timed(command):
+            fn(args)
+        path = _new_run(root, command, before)
+        stages[command] = str(path.relative_to(root))
+        parent.write_manifest(stages=stages)
+        return path
+
+    built = stage("build-data", commands["build-data"], child)
+    later = [o for o in child if not _is_data_override(o)] + ["data=disk", f"data.path='{built / 'dataset'}'"]
+    stage("evaluate", commands["evaluate"], later)
+    stage("analyze", commands["analyze"], later)
+    ranked = stage("rank-heads", lambda a: rank_stage(_compose(a)), later)
+    with_heads = [*later, f"sweep.heads_file='{ranked / FILE_NAME}'"]
+    stage("ablate", lambda a: ablate_stage(_compose(a)), with_heads)
+    stage("amplify", lambda a: amplify_stage(_compose(a)), with_heads)
+    parent.write_json("results.json", gather(root, stages))
+    _cli().console.print(f"pipeline run directory: {root}")
+    return root
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    cfg = _cli().compose(overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def gather(root: Path, stages: dict[str, str]) -> dict:
+    """The headline numbers of every stage, read back from the children's results.json."""
+    import json
+
+    def res(command):
+        return json.loads((root / stages[command] / "results.json").read_text())
+
+    ev, ab, am, rk = res("evaluate"), res("ablate"), res("amplify"), res("rank-heads")
+    out = {"stages": stages, "mfr": {c: e["mfr"]["mean"] for c, e in ev["mfr"].items() if "/" not in c}}
+    findings = root / stages["analyze"] / "findings.json"
+    if findings.exists():
+        out["findings"] = {k: f["holds"] for k, f in json.loads(findings.read_text()).items()}
+    out["heads"] = rk["heads"]
+    pooled = ab["blocking"].get(POOLED, {})
+    if pooled:
+        out["blocking"] = {"mfr_before": pooled["before"]["mfr"]["mean"], "mfr_top": pooled["top"]["mfr"]["mean"],
+                           "mfr_random": pooled["random"]["mfr"]["mean"],
+                           "separated_mfr": pooled["separation"]["mfr"]["separated"],
+                           "separated_log_odds": pooled["separation"]["log_odds"]["separated"]}
+    best = am["amplification"]["best_alpha"]
+    at = next((e for e in am["amplification"]["per_alpha"] if e["alpha"] == best), None)
+    if at:
+        out["amplification"] = {"best_alpha": best, "recovery": at["settings"][POOLED]["recovery"]["mean"],
+                                "harm": at["settings"][POOLED]["harm"]["mean"]}
+    return out
+
+
+# ------------------------------------------------------------------------------------ tables
+def _f(x, fmt="{:.3f}") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _ci(e: dict, fmt="{:.3f}") -> str:
+    return f"[{_f(e.get('ci_low'), fmt)}, {_f(e.get('ci_high'), fmt)}]"
+
+
+def print_ranking(console, results: dict, title: str) -> None:
+    methods = list(results["top"])
+    table = Table(title=f"Top heads by {results['rank_method']} ({results['rank_by']}) — {title}")
+    table.add_column("rank", justify="right")
+    table.add_column("head (layer.head)")
+    for m in methods:
+        table.add_column(f"{m} score", justify="right")
+    n = results["n_selected"]
+    scores = {m: results["scores"][m]["pooled"] for m in methods}
+    for i, e in enumerate(results["top"][results["rank_method"]][: max(n, 5)]):
+        marker = " *" if i < n else ""
+        table.add_row(str(i + 1), f"{e['layer']}.{e['head']}{marker}", *(f"{scores[m][e['layer']][e['head']]:+.3g}" for m in methods))
+    console.print(table)
+    for pair, a in results["agreement"].items():
+        console.print(f"{pair.replace('~', ' vs ')}: Spearman {_f(a['spearman'], '{:+.2f}')}, top-{a['n_top']} overlap {a['top_overlap']}")
+    console.print(f"* selected: {n} of {results['n_layers'] * results['n_heads']} heads")
+
+
+def print_blocking(console, results: dict, title: str) -> None:
+    n = results["n_selected"]
+    table = Table(title=f"Blocking the top {n} heads ({results['ablation']}, {results['positions']} positions) — {title}")
+    table.add_column("condition", no_wrap=True)
+    for col in ("n", "before", f"top {n}", f"random {n} [95% CI]", f"bottom {n}", "Δ log-odds top", "random", "top < random"):
+        table.add_column(col, justify="right")
+    controls_started = False
+    for cond, e in results["blocking"].items():
+        if e["kind"] == "control" and not controls_started:
+            table.add_section()
+            controls_started = True
+        rnd, sep = e.get("random"), e.get("separation")
+        table.add_row(
+            cond,
+            str(e["n"]),
+            _f(e["before"]["mfr"]["mean"]),
+            _f(e["top"]["mfr"]["mean"]),
+            f"{_f(rnd['mfr']['mean'])} {_ci(rnd['mfr'], '{:.2f}')}" if rnd else "–",
+            _f(e["bottom"]["mfr"]["mean"]) if "bottom" in e else "–",
+            _f(e["top"]["change"]["log_odds"]["mean"], "{:+.2f}"),
+            _f(rnd["change"]["log_odds"]["mean"], "{:+.2f}") if rnd else "–",
+            ("[green]yes[/]" if sep["mfr"]["separated"] or sep["log_odds"]["separated"] else "[red]no[/]") if sep else "",
+        )
+    console.print(table)
+    console.print("MFR for the settings, accuracy for the controls (below the line). top < random: the interval of the "
+                  "top set's mean change (MFR or log-odds) lies wholly below the random sets'.")
+
+
+def print_amplification(console, results: dict, title: str) -> None:
+    amp = results["amplification"]
+    n = results["n_selected"]
+    controls = results["controls"]
+    table = Table(title=f"Amplifying the top {n} heads — {title}")
+    for col in ("α", "failed", "recovery [95% CI]", "following", "harm", *(f"Δ {c}" for c in controls)):
+        table.add_column(col, justify="right", no_wrap=col == "α")
+    for e in amp["per_alpha"]:
+        s = e["settings"][POOLED]
+        best = " *" if e["alpha"] == amp["best_alpha"] else ""
+        table.add_row(f"{e['alpha']:g}{best}", str(s["n_failed"]), f"{_f(s['recovery']['mean'])} {_ci(s['recovery'], '{:.2f}')}",
+                      str(s["n_followed"]), _f(s["harm"]["mean"]),
+                      *(_f(e["controls"][c]["change"], "{:+.3f}") if c in e["controls"] else "–" for c in controls))
+    rnd = amp.get("random_at_best_alpha", {}).get(POOLED)
+    if rnd and rnd["alpha"] is not None:
+        table.add_section()
+        table.add_row(f"{rnd['alpha']:g} random", "", f"{_f(rnd['recovery']['mean'])} {_ci(rnd['recovery'], '{:.2f}')}", "",
+                      _f(rnd["harm"]["mean"]), *("" for _ in controls))
+    console.print(table)
+    console.print(f"Settings pooled; recovery: failed samples that now follow; harm: following samples that flip; "
+                  f"* best α (recovery − harm); last row: {rnd['recovery']['n_seeds'] if rnd else 0} random sets of {n} heads at the best α.")

@@ -1,0 +1,300 @@
+"""Ranking attention heads by their causal role in arbitration (mission.md §5).
+
+Three scores per sample and head, all oriented the same way (positive: the head pushes toward the
+following answer, so removing it lowers the following log-odds):
+
+- `ablation`: exact. Remove the head (zero or mean, at the chosen positions) and measure the drop in
+  following log-odds. One forward pass per head and batch.
+- `attribution`: attribution patching. One forward and one backward pass per batch; the drop is
+  predicted to first order as `(activation - replacement) · gradient`, summed over the positions.
+- `dla`: direct logit attribution. What the head writes at the last position, read straight through
+  the final norm and unembedding (linearised at the actual final residual), onto following −
+  competitor. It ignores every path through later layers, so it ranks "writer" heads only.
+
+Scores are averaged per setting and pooled (mean of the settings); heads are ranked on the pooled
+score (or one setting's), highest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.records import Sample
+from ..interventions.heads import HeadEdit, edit_heads, record_heads, scale_heads
+from ..interventions.lens import lens_logits
+from ..models.adapter import Batch, ModelAdapter
+from ..scoring import AnswerIds, answer_ids, binary_scores
+from .behaviour import batches
+
+METHODS = ("ablation", "attribution", "dla")
+ABLATION_MODES = ("zero", "mean")
+POSITIONS = ("all", "last", "instruction")
+
+Head = tuple[int, int]
+OnStep = Callable[[int], None] | None
+
+
+@dataclass
+class Prepared:
+    """A batch built once and reused by every pass over it (the processor is the slow part on CPU)."""
+
+    batch: Batch
+    ids: list[AnswerIds]
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.batch.samples
+
+
+def prepare(adapter: ModelAdapter, samples: Sequence[Sample], batch_size: int) -> list[Prepared]:
+    out = []
+    for chunk in batches(samples, batch_size):
+        batch = adapter.build_batch(chunk)
+        out.append(Prepared(batch, [answer_ids(adapter.tokenizer, s) for s in batch.samples]))
+    return out
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[Head]:
+    return [(l, h) for l in range(n_layers) for h in range(n_heads)]
+
+
+def position_mask(batch: Batch, positions: str) -> torch.Tensor:
+    """`[B, T]` positions a removal acts on; padding is never one of them. A row without the group
+    (e.g. `instruction` in a control that has no instruction) is left untouched."""
+    if positions == "all":
+        ids = batch.inputs["input_ids"]
+        return batch.inputs.get("attention_mask", torch.ones_like(ids)).to(torch.bool)
+    if positions in ("last", "instruction"):
+        return batch.group_mask(positions)
+    raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, not {positions!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Removal:
+    """How a head is removed (blocking) or scaled (amplification), and where."""
+
+    mode: str = "zero"  # zero | mean
+    positions: str = "all"  # all | last | instruction
+    means: dict[Head, torch.Tensor] | None = None  # per-head mean output, for mode "mean"
+
+    def edits(self, heads: Sequence[Head], batch: Batch, scale: float = 0.0) -> list[HeadEdit]:
+        """Edits for one batch: scale 0 blocks (zero or mean), any other scale multiplies the output."""
+        if not heads:
+            return []
+        where = position_mask(batch, self.positions)
+        if scale == 0 and self.mode == "mean":
+            if self.means is None:
+                raise ValueError("mean ablation needs per-head means (see head_means)")
+            return [HeadEdit(layer=l, head=h, scale=0.0, mean=self.means[(l, h)], positions=where) for l, h in heads]
+        return scale_heads(heads, scale, positions=where)
+
+    def replacement(self, layer: int, n_heads: int, like: torch.Tensor) -> torch.Tensor:
+        """`[n_heads, head_dim]` what removal puts in place of each head of `layer`."""
+        if self.mode == "mean":
+            return torch.stack([self.means[(layer, h)] for h in range(n_heads)]).to(like)
+        return torch.zeros(like.shape[-2:], dtype=like.dtype, device=like.device)
+
+
+@torch.no_grad()
+def head_means(adapter: ModelAdapter, preps: Sequence[Prepared], positions: str) -> dict[Head, torch.Tensor]:
+    """Mean output of every head over the given positions of the (ranking-split) batches."""
+    parts = adapter.parts
+    sums = torch.zeros(parts.n_layers, parts.n_heads, parts.head_dim, dtype=torch.float64)
+    count = 0
+    for p in preps:
+        mask = position_mask(p.batch, positions)
+        with record_heads(adapter) as rec:
+            adapter.model(**p.batch.inputs, use_cache=False)
+        for layer, out in rec.items():
+            sums[layer] += out[mask.to(out.device)].double().sum(0).cpu()
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError(f"no {positions} positions in the ranking split to take head means over")
+    means = (sums / count).to(adapter.model.dtype)
+    return {(l, h): means[l, h] for l in range(parts.n_layers) for h in range(parts.n_heads)}
+
+
+def log_odds_under(adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadEdit] = ()) -> torch.Tensor:
+    """`[B]` following log-odds of one prepared batch with `edits` applied (none: the plain model)."""
+    with ExitStack() as stack:
+        if edits:
+            stack.enter_context(edit_heads(adapter, edits))
+        logits = adapter.last_logits(prep.batch)
+    return binary_scores(logits, prep.ids)[0].cpu()
+
+
+# ------------------------------------------------------------------------------------ the three scores
+@torch.no_grad()
+def ablation_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:
+    """`[N, L, H]` drop in following log-odds when each head alone is removed."""
+    parts = adapter.parts
+    out = []
+    for p in preps:
+        base = log_odds_under(adapter, p)
+        scores = torch.empty(len(p.batch), parts.n_layers, parts.n_heads)
+        for l, h in all_heads(parts.n_layers, parts.n_heads):
+            scores[:, l, h] = base - log_odds_under(adapter, p, removal.edits([(l, h)], p.batch))
+            if on_step:
+                on_step(len(p.batch))
+        out.append(scores)
+    return torch.cat(out)
+
+
+def attribution_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:
+    """`[N, L, H]` first-order estimate of `ablation_scores`: `Σ_t (a - a') · ∂log-odds/∂a`."""
+    parts = adapter.parts
+    out = []
+    for p in preps:
+        batch = p.batch
+        with torch.enable_grad(), record_heads(adapter, detach=False) as rec:
+            logits = adapter.model(**batch.inputs, use_cache=False).logits
+            rows = torch.arange(len(batch), device=logits.device)
+            last = logits[rows, torch.tensor(batch.last, device=logits.device)].float()
+            log_odds = binary_scores(last, p.ids)[0]
+            acts = [rec[l] for l in range(parts.n_layers)]
+            # rows never mix in a forward pass, so the gradient of the sum is each row's own gradient
+            grads = torch.autograd.grad(log_odds.sum(), acts)
+        where = position_mask(batch, removal.positions).to(logits.device)[..., None]  # [B, T, 1]
+        scores = torch.empty(len(batch), parts.n_layers, parts.n_heads)
+        for l, (act, grad) in enumerate(zip(acts, grads)):
+            act = act.detach()
+            per_position = ((act - removal.replacement(l, parts.n_heads, act)) * grad).sum(-1)  # [B, T, H]
+            scores[:, l] = (per_position * where).sum(1).float().cpu()
+        out.append(scores)
+        if on_step:
+            on_step(len(batch))
+    return torch.cat(out)
+
+
+def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep = None) -> torch.Tensor:
+    """`[N, L, H]` direct logit attribution of each head at the last position onto following − competitor.
+
+    The read-out (final norm, unembedding, log-odds) is linearised at the actual final residual by its
+    gradient there; a family whose attention writes through a post-norm (Gemma's sandwich norms) has
+    that norm linearised the same way, at its actual input.
+    """
+    parts = adapter.parts
+    sandwich = [adapter.attn_writer(l) is not parts.attn(l) for l in range(parts.n_layers)]
+    out = []
+    for p in preps:
+        batch = p.batch
+        last = torch.tensor(batch.last, device=adapter.device)
+        rows = torch.arange(len(batch), device=adapter.device)
+        taken: dict = {}
+
+        def grab(key):
+            def hook(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                taken[key] = hidden[rows, last].detach()
+
+            return hook
+
+        with torch.no_grad(), ExitStack() as stack, record_heads(adapter) as rec:
+            stack.callback(parts.final_norm.register_forward_pre_hook(grab("final"), with_kwargs=True).remove)
+            for l in range(parts.n_layers):
+                if sandwich[l]:
+                    stack.callback(adapter.attn_writer(l).register_forward_pre_hook(grab(l), with_kwargs=True).remove)
+            adapter.model(**batch.inputs, use_cache=False)
+        with torch.enable_grad():
+            final = taken["final"].clone().requires_grad_(True)
+            log_odds = binary_scores(lens_logits(adapter, final).float(), p.ids)[0]
+            g_final = torch.autograd.grad(log_odds.sum(), final)[0]  # [B, d]
+        scores = torch.empty(len(batch), parts.n_layers, parts.n_heads)
+        for l in range(parts.n_layers):
+            g = g_final
+            if sandwich[l]:
+                with torch.enable_grad():
+                    x = taken[l].clone().requires_grad_(True)
+                    g = torch.autograd.grad(adapter.attn_writer(l)(x), x, grad_outputs=g_final)[0]
+            with torch.no_grad():
+                w = parts.o_proj(l).weight  # [d, H * D]: head h writes W[:, h-slice] @ a_h
+                back = (g.to(w.dtype) @ w).reshape(len(batch), parts.n_heads, parts.head_dim)
+                a = rec[l][rows, last]  # [B, H, D]
+                scores[:, l] = (a * back).sum(-1).float().cpu()
+        out.append(scores)
+        if on_step:
+            on_step(len(batch))
+    return torch.cat(out)
+
+
+def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str, removal: Removal, on_step: OnStep = None) -> torch.Tensor:
+    if method == "ablation":
+        return ablation_scores(adapter, preps, removal, on_step)
+    if method == "attribution":
+        return attribution_scores(adapter, preps, removal, on_step)
+    if method == "dla":
+        return dla_scores(adapter, preps, on_step)
+    raise ValueError(f"unknown ranking method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def passes_per_sample(method: str, n_layers: int, n_heads: int) -> int:
+    """How many sample-passes a method costs per sample (for progress bars)."""
+    return n_layers * n_heads if method == "ablation" else 1
+
+
+# ------------------------------------------------------------------------------------ summaries
+def score_rows(preps: Sequence[Prepared], method: str, scores: torch.Tensor) -> list[dict]:
+    """One row per sample and head."""
+    rows, i = [], 0
+    n_layers, n_heads = scores.shape[1:]
+    for p in preps:
+        for s in p.samples:
+            for l, h in all_heads(n_layers, n_heads):
+                rows.append({"item_id": s.item_id, "task": s.task, "setting": s.condition.value,
+                             "method": method, "layer": l, "head": h, "score": float(scores[i, l, h])})
+            i += 1
+    return rows
+
+
+def score_matrices(preps: Sequence[Prepared], scores: torch.Tensor) -> dict[str, list[list[float]]]:
+    """`{setting: [L][H] mean score, ..., "pooled": mean of the settings' matrices}`."""
+    settings = [s.condition.value for p in preps for s in p.samples]
+    out = {}
+    for setting in dict.fromkeys(settings):
+        sel = torch.tensor([c == setting for c in settings])
+        out[setting] = scores[sel].mean(0)
+    pooled = torch.stack(list(out.values())).mean(0)
+    return {**{k: v.tolist() for k, v in out.items()}, "pooled": pooled.tolist()}
+
+
+def rank(matrix: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+    """Every head as (layer, head, score), highest score first (ties: lower layer, then head)."""
+    flat = [(l, h, float(v)) for l, row in enumerate(matrix) for h, v in enumerate(row)]
+    return sorted(flat, key=lambda t: (-t[2], t[0], t[1]))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):  # ties share their mean rank
+        tie = x == v
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    ra, rb = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def method_agreement(pooled: dict[str, Sequence[Sequence[float]]], n_top: int) -> dict[str, dict]:
+    """For each pair of methods: Spearman correlation of the pooled scores over all heads, and how many
+    of one method's top `n_top` heads the other also puts in its top `n_top`."""
+    out = {}
+    names = list(pooled)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            fa, fb = np.ravel(pooled[a]), np.ravel(pooled[b])
+            top_a = {(l, h) for l, h, _ in rank(pooled[a])[:n_top]}
+            top_b = {(l, h) for l, h, _ in rank(pooled[b])[:n_top]}
+            out[f"{a}~{b}"] = {"spearman": spearman(fa, fb), "top_overlap": len(top_a & top_b), "n_top": n_top}
+    return out
