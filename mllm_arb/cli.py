@@ -266,6 +266,15 @@ def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PR
                     l_rows = lens_rows(adapter, samples, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
                 run.write_table("lens.parquet", l_rows)
                 lens = summarise_lens(l_rows, n_layers)
+            saliency = None
+            if a.saliency:
+                from .analysis.saliency import saliency_rows, summarise_saliency
+
+                task = bar.add_task("attention saliency (eager, gradients)", total=len(samples))
+                with run.timed("saliency"):
+                    s_rows = saliency_rows(adapter, samples, edges, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
+                run.write_table("saliency.parquet", s_rows)
+                saliency = summarise_saliency(s_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
         knockout = summarise_knockout(ko_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
         results = {
             "model": adapter.name,
@@ -275,6 +284,7 @@ def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PR
             "n_items": len(items),
             "knockout": knockout,
             "lens": lens,
+            "saliency": saliency,
         }
         run.write_json("results.json", results)
         findings = check_findings(knockout, lens or {"components": {}, "agreement": {}}, n_layers, a.findings)

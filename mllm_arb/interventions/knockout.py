@@ -89,14 +89,7 @@ class _Knockout:
 
     # ------------------------------------------------------------------ dispatch
     def base_attention(self, module):
-        if self.base_impl == "eager":
-            # "eager" is no registry entry: each model file defines its own `eager_attention_forward`
-            # (Gemma's adds softcapping), the one its attention class falls back to.
-            fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-            if fn is None:
-                raise UserError(f"{type(module).__name__}: no eager_attention_forward in {type(module).__module__}")
-            return fn
-        return ALL_ATTENTION_FUNCTIONS[self.base_impl]
+        return eager_attention_of(module) if self.base_impl == "eager" else ALL_ATTENTION_FUNCTIONS[self.base_impl]
 
     def mask(self, *args, **kwargs):
         """Mask building is the wrapped implementation's own, untouched (edits happen per layer)."""
@@ -142,6 +135,18 @@ class _Knockout:
             return attention_mask & ~blocked
         # additive mask: the same large negative value the model's own causal mask uses (exactly 0 after softmax)
         return torch.where(blocked, torch.finfo(attention_mask.dtype).min, attention_mask)
+
+
+def eager_attention_of(module):
+    """The eager attention function of `module`'s model file.
+
+    "eager" is no registry entry: each model file defines its own `eager_attention_forward` (Gemma's
+    adds softcapping), the one its attention class falls back to.
+    """
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise UserError(f"{type(module).__name__}: no eager_attention_forward in {type(module).__module__}")
+    return fn
 
 
 def _text_config_key(model) -> str | None:

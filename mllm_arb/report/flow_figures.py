@@ -11,6 +11,10 @@ def draw_flow_figures(results: dict, folder: Path, title: str) -> list[Path]:
     paths: list[Path] = []
     for setting, curves in results["knockout"].items():
         paths += plots.knockout_curves(curves, f"Attention knockout, {setting.replace('_', '-')} — {title}", folder, f"knockout_{setting}")
+    for setting, curves in (results.get("saliency") or {}).items():
+        paths += plots.knockout_curves(curves, f"Attention saliency |A ⊙ ∂L/∂A|, {setting.replace('_', '-')} — {title}", folder,
+                                       f"saliency_{setting}", x="layer", xlabel="layer",
+                                       ylabel="mean saliency per attention entry")
     lens = results.get("lens")
     if not lens:
         return paths

@@ -25,20 +25,24 @@ def save(fig, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-def knockout_curves(curves: Mapping[str, Sequence[Mapping]], title: str, folder: Path, stem: str) -> list[Path]:
+def knockout_curves(
+    curves: Mapping[str, Sequence[Mapping]], title: str, folder: Path, stem: str, x: str = "center",
+    xlabel: str = "layer (centre of the knockout window)", ylabel: str = "Δ log-odds of following",
+) -> list[Path]:
     """One line per edge: mean change in following log-odds against the knockout window's centre layer,
-    with its 95% interval as a band (the study's Figure 2/3 style)."""
+    with its 95% interval as a band (the study's Figure 2/3 style); any per-layer mean with an interval
+    (`x` names the layer key) draws the same way."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k, (edge, points) in enumerate(curves.items()):
-        xs = [p["center"] for p in points]
+        xs = [p[x] for p in points]
         colour = EDGE_COLOURS[k % len(EDGE_COLOURS)]
         ax.plot(xs, [p["mean"] for p in points], marker="o", ms=3, lw=1.6, color=colour, label=edge)
         ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points], color=colour, alpha=0.18, lw=0)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("layer (centre of the knockout window)")
-    ax.set_ylabel("Δ log-odds of following")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    _integer_layers(ax, curves)
+    _integer_layers(ax, curves, x)
     ax.legend(fontsize=8, ncol=2, frameon=False)
     return save(fig, folder, stem)
 
@@ -98,7 +102,7 @@ def _absmax(matrix) -> float:
     return max((abs(v) for row in matrix for v in row), default=0.0)
 
 
-def _integer_layers(ax, curves) -> None:
-    centres = sorted({p["center"] for pts in curves.values() for p in pts})
+def _integer_layers(ax, curves, x: str = "center") -> None:
+    centres = sorted({p[x] for pts in curves.values() for p in pts})
     if centres:
         ax.set_xticks(centres)

@@ -1,0 +1,54 @@
+"""Record the text decoder's attention weights *inside the autograd graph*, for attention saliency.
+
+`output_attentions=True` would also ask the vision tower for its weights and needs the whole model on
+eager attention. Instead, for the duration of the block, the text model's attention goes through a
+registered function that calls the model file's own `eager_attention_forward` (whatever the model was
+loaded with: the weights exist only under eager) and keeps the weights it returns, not detached, so
+`torch.autograd.grad(score, weights)` gives ∂score/∂A for every layer. The vision tower keeps its own
+implementation; the previous text implementation is restored on exit, also when the block raises.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from ..errors import UserError
+from .knockout import _set_text_attention, eager_attention_of
+
+_PREFIX = "mllm_arb_record_"
+_counter = itertools.count()
+
+
+@contextmanager
+def record_attention_weights(adapter) -> Iterator[dict[int, torch.Tensor]]:
+    """Yields `{layer: [B, H, T_q, T_k] attention weights}`, filled by each forward pass in the block."""
+    model = adapter.model
+    before = model.config.get_text_config()._attn_implementation
+    weights: dict[int, torch.Tensor] = {}
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        out, w = eager_attention_of(module)(module, query, key, value, attention_mask, *args, **kwargs)
+        layer = getattr(module, "layer_idx", None)
+        if layer is None:
+            raise UserError(f"{type(module).__name__} carries no layer_idx: cannot tell which layer its weights belong to")
+        weights[int(layer)] = w
+        return out, w
+
+    name = f"{_PREFIX}{next(_counter)}"
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    try:
+        _set_text_attention(model, name)
+        try:
+            yield weights
+        finally:
+            _set_text_attention(model, before)
+    finally:
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
