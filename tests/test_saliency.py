@@ -110,3 +110,7 @@ def test_analyze_with_saliency_writes_its_curves_and_plots(tmp_path):
         assert all([p["layer"] for p in pts] == list(range(results["n_layers"])) for pts in curves.values())
         assert (run / "plots" / f"saliency_{setting}.png").stat().st_size > 5000
     assert (run / "saliency.parquet").exists()
+    report = invoke("report", str(run))
+    assert report.exit_code == 0, report.output
+    page = (run / "report.html").read_text()
+    assert "<h3>Attention saliency</h3>" in page and page.count("Attention saliency |A ⊙ ∂L/∂A|") >= 2

@@ -196,6 +196,9 @@ def test_run_chains_every_stage_into_one_parent(tmp_path):
     assert {"mfr", "heads", "blocking", "amplification"} <= set(summary)
     ablate_cfg = (parent / manifest["stages"]["ablate"] / "config.yaml").read_text()
     assert "source: disk" in ablate_cfg and "heads_file:" in ablate_cfg and "rank-heads" in ablate_cfg
+    page = (parent / "report.html").read_text()  # the study's page comes last, every stage in it
+    assert "data-absent" not in page and "Blocking" in page and "Amplification" in page
+    assert "report" in json.loads((parent / "manifest.json").read_text())["timings_s"]
 
 
 def _heads_for_other_model(tmp_path):

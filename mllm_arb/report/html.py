@@ -69,6 +69,11 @@ def caption_for(stem: str, run: StageRun) -> str:
         which = {"all": "all", "failed": "failed (competitor-following)", "followed": "followed"}[split]
         return (f"How much each layer's attention and MLP push the last position toward the following answer rather than "
                 f"the competitor, on {which} {setting_words(setting)} samples{n}.")
+    m = re.fullmatch(r"saliency_(.+)", stem)
+    if m:
+        return (f"Attention saliency |A ⊙ ∂L/∂A| of each group pair per layer ({setting_words(m.group(1))} prompts; L: "
+                "following log-odds at the last position), summed over heads and averaged over the pair's attention entries, "
+                "with 95% bootstrap bands; higher means the decision is more sensitive to that attention.")
     if stem == "agreement":
         return ("Share of samples whose decision read by the logit lens at the instruction tokens agrees with the "
                 "model's final answer, per layer and setting (dashed line: 95%).")
@@ -268,6 +273,10 @@ def flow(study: Study, page: Page) -> str:
         out.append('<div class="figs">' + "".join(page.file_figure(p, caption_for(s, an)) for s, p in lens) + "</div>")
     elif not r.get("lens"):
         out.append('<p class="muted">The logit lens was switched off in this run (<code>analysis.lens=false</code>).</p>')
+    saliency = sorted(plots_matching(an, r"saliency_.+"), key=lambda x: setting_order(x[0]))
+    if saliency:
+        out.append("<h3>Attention saliency</h3>")
+        out.append('<div class="figs">' + "".join(page.file_figure(p, caption_for(s, an)) for s, p in saliency) + "</div>")
     return "".join(out)
 
 
