@@ -6,7 +6,7 @@ data.limit=32`) and `--cfg` to print the composed configuration instead of runni
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import sys
 from contextlib import contextmanager
@@ -75,7 +75,7 @@ def prepare(overrides: list[str] | None, print_cfg: bool) -> DictConfig | None:
     return cfg
 
 
-def progress():
+def progress(enabled: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
@@ -87,10 +87,12 @@ def progress():
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
+        disable=not enabled,
     )
 
 
-def load_model(cfg: DictConfig):
+def load_model(cfg: DictConfig, ranks=None):
+    """The configured model; under torchrun (`ranks` sharded) on this rank's own GPU."""
     import transformers
 
     from .models.loading import load_adapter
@@ -103,7 +105,7 @@ def load_model(cfg: DictConfig):
     return load_adapter(
         m.path,
         dtype=m.dtype,
-        device=m.device,
+        device=ranks.device(m.device) if ranks is not None else m.device,
         attn_implementation=m.attn_implementation,
         padding_side=m.padding_side,
         name=m.name,
@@ -128,84 +130,52 @@ def models_cmd() -> None:
     console.print(table)
 
 
+RESUME = typer.Option(None, "--resume", help="Continue an interrupted run directory of this command with its saved "
+                      "config: batches it saved are read back, not recomputed.")
+
+
+def configure(command: str, overrides: list[str] | None, print_cfg: bool, resume: Path | None) -> DictConfig | None:
+    """The composed config, or with --resume the run's saved one (overrides given beside it must agree)."""
+    if resume is None:
+        return prepare(overrides, print_cfg)
+    from .resume import resume_config
+
+    cfg = resume_config(resume, command, prepare(overrides, False) if overrides else None)
+    if print_cfg:
+        console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
+        return None
+    return cfg
+
+
+def single_process(command: str) -> None:
+    """Commands without sharding refuse a torchrun launch instead of running N times side by side."""
+    from .distributed import Ranks
+
+    if Ranks.from_env().sharded:
+        raise UserError(f"`{command}` does not run sharded; launch it without torchrun (evaluate, analyze and rank-heads shard)")
+
+
 @app.command("build-data")
 def build_data_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """Build a conflict dataset from the `data` config group and save it into a run directory."""
     with user_errors():
+        single_process("build-data")
         cfg = prepare(overrides, print_cfg)
-        if cfg is None:
-            return
-        from .data.sources import build_items_with_report
-        from .data.store import save_items
-        from .runs import RunDir
+        if cfg is not None:
+            from .stages import build_data_stage
 
-        items, fp, report = build_items_with_report(cfg.data)
-        adapter = load_model(cfg) if cfg.build_data.filter_with_model else None
-        run = RunDir.create(cfg.output_dir, "build-data", cfg.data.source, cfg)
-        results: dict = {"source": cfg.data.source, "source_report": report}
-        if adapter is not None:
-            from .data.filtering import filter_items
-
-            with run.timed("filter"), progress() as bar:
-                task = bar.add_task(f"filtering with {adapter.name} (image-only and text-only)", total=2 * len(items))
-                items, freport = filter_items(adapter, items, cfg.batch_size, on_batch=lambda n: bar.advance(task, n), **cfg.templates)
-            fp = hashlib.sha256(f"{fp}:filtered-by:{cfg.model.path}".encode()).hexdigest()[:16]
-            filter_dict = freport.to_dict()
-            filter_dict.pop("rows", None)
-            results["filter"] = {"model": adapter.name, **filter_dict}
-            if not items:
-                run.write_json("results.json", results)
-                raise UserError(f"{adapter.name} answers no item correctly from both image and text alone; nothing kept")
-        with run.timed("save"):
-            save_items(items, run.file("dataset"), fp, meta={"source": cfg.data.source, "n_items": len(items)})
-        counts: dict[str, int] = {}
-        for it in items:
-            counts[it.task] = counts.get(it.task, 0) + 1
-        results.update({"n_items": len(items), "fingerprint": fp, "per_task": counts})
-        run.write_json("results.json", results)
-        run.write_manifest(dataset_fingerprint=fp)
-        table = Table(title=f"{len(items)} items ({fp})")
-        table.add_column("task")
-        table.add_column("items", justify="right")
-        for task, n in sorted(counts.items()):
-            table.add_row(task, str(n))
-        console.print(table)
-        console.print(f"dataset: {run.file('dataset')}  (use: data=disk data.path={run.file('dataset')})")
+            build_data_stage(cfg)
 
 
 @app.command("evaluate")
-def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def evaluate_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG, resume: Optional[Path] = RESUME) -> None:
     """Behaviour: score every condition and report the modality-following ratio with intervals."""
     with user_errors():
-        cfg = prepare(overrides, print_cfg)
-        if cfg is None:
-            return
-        from .analysis.behaviour import check_answers, mfr_table, score_samples
-        from .data.sources import build_items
-        from .data.templates import render_all
-        from .runs import RunDir
+        cfg = configure("evaluate", overrides, print_cfg, resume)
+        if cfg is not None:
+            from .stages import evaluate_stage
 
-        conditions = conditions_from(cfg.conditions)
-        items, fp = build_items(cfg.data)
-        samples = render_all(items, conditions, **cfg.templates)
-        adapter = load_model(cfg)
-        check_answers(adapter.tokenizer, samples)
-        run = RunDir.create(cfg.output_dir, "evaluate", cfg.model.name, cfg)
-        run.write_manifest(dataset_fingerprint=fp, model_source=str(cfg.model.path), n_samples=len(samples))
-        with run.timed("score"), progress() as bar:
-            task = bar.add_task("scoring", total=len(samples))
-            rows = score_samples(
-                adapter,
-                samples,
-                batch_size=cfg.batch_size,
-                generate_tokens=cfg.scoring.generate_tokens,
-                on_batch=lambda n: bar.advance(task, n),
-            )
-        run.write_table("samples.parquet", [r.to_row() for r in rows])
-        table = mfr_table(rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
-        run.write_json("results.json", {"model": adapter.name, "dataset_fingerprint": fp, "mfr": table})
-        print_mfr(table, title=f"{adapter.name} on {cfg.data.source} ({len(items)} items)")
-        console.print(f"run directory: {run.path}")
+            evaluate_stage(cfg, resume)
 
 
 def conditions_from(names) -> list:
@@ -218,82 +188,15 @@ def conditions_from(names) -> list:
 
 
 @app.command("analyze")
-def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
+def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG, resume: Optional[Path] = RESUME) -> None:
     """Information flow: attention knockout between token groups, logit lens by component, anchor
     agreement, plots, and a findings check against the study's claims."""
     with user_errors():
-        cfg = prepare(overrides, print_cfg)
-        if cfg is None:
-            return
-        from .analysis.behaviour import check_answers
-        from .analysis.findings import check_findings
-        from .analysis.flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_knockout, summarise_lens
-        from .data.sources import build_items
-        from .data.templates import render_all
-        from .interventions.knockout import default_window_size
-        from .report.flow_figures import draw_flow_figures
-        from .runs import RunDir
+        cfg = configure("analyze", overrides, print_cfg, resume)
+        if cfg is not None:
+            from .stages import analyze_stage
 
-        a = cfg.analysis
-        try:
-            edges = tuple(parse_edge(e) for e in a.edges)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        items, fp = build_items(cfg.data)
-        if a.max_items and len(items) > a.max_items:
-            # the sweep costs edges × layers forward passes per sample: cap it unless asked for more
-            items = items[: int(a.max_items)]
-            fp = hashlib.sha256(f"{fp}:first-{a.max_items}".encode()).hexdigest()[:16]
-        samples = render_all(items, conditions_from(a.settings), **cfg.templates)
-        adapter = load_model(cfg)
-        check_answers(adapter.tokenizer, samples)
-        n_layers = adapter.parts.n_layers
-        window = int(a.window) if a.window else default_window_size(n_layers)
-        if not 1 <= window <= n_layers:
-            raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
-        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers)
-        run = RunDir.create(cfg.output_dir, "analyze", cfg.model.name, cfg)
-        run.write_manifest(dataset_fingerprint=fp, model_source=str(cfg.model.path), n_samples=len(samples), window=window)
-        with progress() as bar:
-            task = bar.add_task(f"knockout ({len(edges)} edges × {n_layers} windows)", total=len(samples) * plan.n_passes_per_batch)
-            with run.timed("knockout"):
-                ko_rows = knockout_rows(adapter, samples, plan, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
-            run.write_table("knockout.parquet", ko_rows)
-            lens = None
-            if a.lens:
-                task = bar.add_task("logit lens by component", total=len(samples))
-                with run.timed("lens"):
-                    l_rows = lens_rows(adapter, samples, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
-                run.write_table("lens.parquet", l_rows)
-                lens = summarise_lens(l_rows, n_layers)
-            saliency = None
-            if a.saliency:
-                from .analysis.saliency import saliency_rows, summarise_saliency
-
-                task = bar.add_task("attention saliency (eager, gradients)", total=len(samples))
-                with run.timed("saliency"):
-                    s_rows = saliency_rows(adapter, samples, edges, cfg.batch_size, on_step=lambda n: bar.advance(task, n))
-                run.write_table("saliency.parquet", s_rows)
-                saliency = summarise_saliency(s_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
-        knockout = summarise_knockout(ko_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
-        results = {
-            "model": adapter.name,
-            "dataset_fingerprint": fp,
-            "n_layers": n_layers,
-            "window": window,
-            "n_items": len(items),
-            "knockout": knockout,
-            "lens": lens,
-            "saliency": saliency,
-        }
-        run.write_json("results.json", results)
-        findings = check_findings(knockout, lens or {"components": {}, "agreement": {}}, n_layers, a.findings)
-        run.write_json("findings.json", findings)
-        title = f"{adapter.name} on {cfg.data.source} ({len(items)} items)"
-        with run.timed("plots"):
-            draw_flow_figures(results, run.file("plots"), title)
-        print_findings(findings, title)
-        console.print(f"run directory: {run.path}")
+            analyze_stage(cfg, resume)
 
 
 TOP_K = typer.Option(None, "--top-k", help="Fraction of all heads to select, in (0, 1]: ceil(k × layers × heads).")
@@ -307,14 +210,15 @@ def rank_heads_cmd(
     method: Optional[str] = typer.Option(None, "--method", help="Ranking that heads.json keeps: ablation, attribution or dla."),
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
+    resume: Optional[Path] = RESUME,
 ) -> None:
     """Heads: score every attention head (ablation, attribution patching, DLA) and write heads.json."""
     with user_errors():
         from .analysis.head_stages import cli_overrides, rank_stage
 
-        cfg = prepare([*(overrides or []), *cli_overrides(method=method)], print_cfg)
+        cfg = configure("rank-heads", [*(overrides or []), *cli_overrides(method=method)], print_cfg, resume)
         if cfg is not None:
-            rank_stage(cfg)
+            rank_stage(cfg, resume)
 
 
 @app.command("ablate")
@@ -330,6 +234,7 @@ def ablate_cmd(
     with user_errors():
         from .analysis.head_stages import ablate_stage, cli_overrides
 
+        single_process("ablate")
         cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run)], print_cfg)
         if cfg is not None:
             ablate_stage(cfg)
@@ -349,6 +254,7 @@ def amplify_cmd(
     with user_errors():
         from .analysis.head_stages import amplify_stage, cli_overrides
 
+        single_process("amplify")
         cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run, alphas=alpha)], print_cfg)
         if cfg is not None:
             amplify_stage(cfg)
@@ -358,13 +264,41 @@ def amplify_cmd(
 def run_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_CFG) -> None:
     """The whole study: build-data → evaluate → analyze → rank-heads → ablate → amplify in one parent run."""
     with user_errors():
-        from .analysis.head_stages import run_pipeline
-
+        single_process("run")
         cfg = prepare(overrides, print_cfg)
         if cfg is not None:
-            commands = {"build-data": lambda o: build_data_cmd(o, False), "evaluate": lambda o: evaluate_cmd(o, False),
-                        "analyze": lambda o: analyze_cmd(o, False)}
-            run_pipeline(cfg, list(overrides or []), commands)
+            pipeline(cfg, list(overrides or []))
+
+
+def pipeline(cfg: DictConfig, overrides: list[str]) -> Path:
+    from .analysis.head_stages import run_pipeline
+    from .stages import analyze_stage, build_data_stage, evaluate_stage
+
+    commands = {"build-data": lambda o: build_data_stage(prepare(o, False)),
+                "evaluate": lambda o: evaluate_stage(prepare(o, False)),
+                "analyze": lambda o: analyze_stage(prepare(o, False))}
+    return run_pipeline(cfg, overrides, commands)
+
+
+@app.command("grid", context_settings={"allow_interspersed_args": False})
+def grid_cmd(
+    command: str = typer.Argument(..., help="The command every job runs: evaluate, analyze, rank-heads, ablate, amplify, "
+                                  "build-data or run."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides; comma-separated values sweep, e.g. "
+                                                    "model=llava_tiny,qwen2_vl_tiny data.n_items=8,16 hydra/launcher=slurm"),
+) -> None:
+    """Grids: a Hydra multirun of one command over models × datasets × settings (joblib locally, submitit on SLURM);
+    every job a normal run directory, and a summary of the jobs in a grid run directory."""
+    with user_errors():
+        from .grid import run_grid
+
+        single_process("grid")
+        path = run_grid(command, list(overrides or []), lambda o: prepare(o, False))
+        summary = json.loads((path / "results.json").read_text())
+        if summary["n_failed"]:
+            err_console.print(f"[bold red]error:[/] {summary['n_failed']} of {summary['n_jobs']} jobs failed "
+                              f"(see {path / 'results.json'})", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
 
 
 @app.command("report")

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+#: what write_manifest computes itself (everything else in a manifest came from `extra`)
+MANIFEST_KEYS = ("command", "created", "git_sha", "config_hash", "seed", "versions", "python", "host", "device", "cuda", "timings_s")
 PACKAGES = ("mllm-arb", "torch", "transformers", "tokenizers", "datasets", "hydra-core", "numpy", "pillow")
 
 
@@ -80,12 +82,15 @@ def to_jsonable(obj: Any) -> Any:
 class RunDir:
     """`outputs/<command>/<model>/<YYYY-MM-DD_HH-MM-SS>-<config hash>/`."""
 
-    def __init__(self, path: Path, cfg: DictConfig) -> None:
+    def __init__(self, path: Path, cfg: DictConfig, writer: bool = True) -> None:
         self.path = path
         self.cfg = cfg
         self.started = time.time()
         self.timings: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
+        self.writer = writer  # False on the other ranks of a sharded run: only rank 0 writes the manifest
+        self.saved_at_start: dict[str, int] = {}  # per stage, batches in partial/ when this session began
+        self.command = path.parent.parent.name  # outputs/<command>/<model>/<run>; a reopened run keeps its manifest's
 
     @classmethod
     def create(cls, root: str | Path, command: str, model_name: str, cfg: DictConfig) -> RunDir:
@@ -104,6 +109,23 @@ class RunDir:
         run = cls(path, cfg)
         atomic_write_bytes(path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         run.write_manifest()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, cfg: DictConfig, writer: bool = True) -> RunDir:
+        """An existing run directory (to resume it, or as a non-writing rank of a sharded run): its
+        manifest's entries and timings are kept, and later writes add to them."""
+        run = cls(Path(path), cfg, writer)
+        manifest_file = run.file("manifest.json")
+        if manifest_file.is_file():
+            manifest = json.loads(manifest_file.read_text())
+            run.timings = dict(manifest.get("timings_s", {}))
+            run.command = manifest.get("command", run.command)
+            run.extra = {k: v for k, v in manifest.items() if k not in MANIFEST_KEYS}
+            try:
+                run.started = datetime.fromisoformat(manifest["created"]).timestamp()
+            except (KeyError, ValueError):
+                pass
         return run
 
     def file(self, name: str) -> Path:
@@ -145,10 +167,12 @@ class RunDir:
 
     def write_manifest(self, **extra: Any) -> None:
         self.extra.update(extra)
+        if not self.writer:
+            return
         import torch
 
         manifest = {
-            "command": self.path.parent.parent.name,
+            "command": self.command,
             "created": datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
             "git_sha": git_sha(),
             "config_hash": config_hash(self.cfg),

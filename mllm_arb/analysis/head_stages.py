@@ -140,7 +140,7 @@ def render(cfg: DictConfig, items, conditions) -> list[Sample]:
         raise UserError(f"{exc}; drop that condition from sweep.controls / sweep.settings") from None
 
 
-def setup(cfg: DictConfig) -> Study:
+def setup(cfg: DictConfig, ranks=None) -> Study:
     from ..analysis.behaviour import check_answers
     from ..data.sources import build_items
 
@@ -158,7 +158,11 @@ def setup(cfg: DictConfig) -> Study:
     study_items = [*rank_items, *eval_items]
     check_answers_for = render(cfg, study_items, (*sweep.settings, *sweep.controls))
     cli = _cli()
-    adapter = cli.load_model(cfg)
+    if ranks is None:
+        adapter = cli.load_model(cfg)
+    else:
+        with ranks.main_first():  # under torchrun: rank 0 fills caches / downloads, then the others load
+            adapter = cli.load_model(cfg, ranks)
     check_answers(adapter.tokenizer, check_answers_for)
     parts = adapter.parts
     sweep.check_heads(parts.n_layers * parts.n_heads)
@@ -181,14 +185,22 @@ class Ranking:
 
 
 def compute_ranking(study: Study, methods, rank_preps: list[Prepared], removal: Removal, bar=None) -> Ranking:
-    sweep, adapter = study.sweep, study.adapter
+    adapter = study.adapter
     n_samples = sum(len(p.batch) for p in rank_preps)
-    scores, rows = {}, []
+    per_sample = {}
     for method in methods:
         task = bar.add_task(f"ranking heads: {method}", total=n_samples * passes_per_sample(method, study.n_layers, study.n_heads)) if bar else None
-        per_sample = method_scores(adapter, rank_preps, method, removal, on_step=(lambda n, t=task: bar.advance(t, n)) if bar else None)
-        scores[method] = score_matrices(rank_preps, per_sample)
-        rows += score_rows(rank_preps, method, per_sample)
+        per_sample[method] = method_scores(adapter, rank_preps, method, removal, on_step=(lambda n, t=task: bar.advance(t, n)) if bar else None)
+    return ranking_from(study, rank_preps, removal, per_sample)
+
+
+def ranking_from(study: Study, rank_preps: list[Prepared], removal: Removal, per_sample: dict) -> Ranking:
+    """The ranking, heads.json and per-sample rows from every method's `[N, L, H]` scores."""
+    sweep, adapter = study.sweep, study.adapter
+    scores, rows = {}, []
+    for method, values in per_sample.items():
+        scores[method] = score_matrices(rank_preps, values)
+        rows += score_rows(rank_preps, method, values)
     n = sweep.n_selected(study.total)
     ranked = rank(scores[sweep.rank_method][sweep.rank_by])
     head_set = from_ranking(
@@ -199,6 +211,38 @@ def compute_ranking(study: Study, methods, rank_preps: list[Prepared], removal: 
     )
     agreement = method_agreement({m: s["pooled"] for m, s in scores.items()}, n) if len(scores) > 1 else {}
     return Ranking(head_set, scores, rows, agreement)
+
+
+def unit_scores(study: Study, methods, rank_preps: list[Prepared], removal: Removal, run: RunDir, ranks, bar) -> dict | None:
+    """`method_scores` batch by batch through `partial/rank-<method>/` (saved as they go, read back on
+    --resume, split over the ranks under torchrun). Rank 0 gets every method's `[N, L, H]` scores in
+    batch order; the other ranks get None once their share is saved."""
+    import torch
+
+    from ..partial import load_units, run_units, stage_store
+    from ..stages import record_batches
+
+    def encode(t):
+        return {"dtype": str(t.dtype).removeprefix("torch."), "scores": t.tolist()}
+
+    samples_of = lambda p: p.samples  # noqa: E731
+    stores = {}
+    for method in methods:
+        store = stores[method] = stage_store(run.path, f"rank-{method}", len(rank_preps))
+        cost = passes_per_sample(method, study.n_layers, study.n_heads)
+        task = bar.add_task(f"ranking heads: {method}", total=cost * sum(len(p.batch) for i, p in enumerate(rank_preps) if ranks.owns(i)))
+        step = lambda n, t=task: bar.advance(t, n)  # noqa: E731
+        run_units(store, rank_preps, lambda p, m=method, s=step: encode(method_scores(study.adapter, [p], m, removal, on_step=s)),
+                  ranks, on_reused=lambda p, s=step, c=cost: s(c * len(p.batch)), samples_of=samples_of)
+    ranks.barrier()
+    if not ranks.main:
+        return None
+    out = {}
+    for method, store in stores.items():
+        saved = load_units(store, rank_preps, samples_of)
+        out[method] = torch.cat([torch.tensor(u["scores"], dtype=getattr(torch, u["dtype"])) for u in saved])
+        record_batches(run, store)
+    return out
 
 
 def ranking_results(study: Study, ranking: Ranking) -> dict:
@@ -223,27 +267,33 @@ def ranking_results(study: Study, ranking: Ranking) -> dict:
     }
 
 
-def rank_stage(cfg: DictConfig) -> Path:
+def rank_stage(cfg: DictConfig, resume: Path | None = None) -> Path:
+    from ..distributed import session
     from ..report.head_figures import draw_rank_figures
+    from ..stages import start_run
 
     cli = _cli()
-    study = setup(cfg)
-    run = RunDir.create(cfg.output_dir, "rank-heads", cfg.model.name, cfg)
-    run.write_manifest(**study.manifest())
-    rank_preps = prepare(study.adapter, study.rank_samples(), cfg.batch_size)
-    removal = study.removal(rank_preps)
-    with run.timed("rank"), cli.progress() as bar:
-        ranking = compute_ranking(study, study.sweep.methods, rank_preps, removal, bar)
-    run.write_table("scores.parquet", ranking.rows)
-    write_head_set(run.file(FILE_NAME), ranking.head_set)
-    results = ranking_results(study, ranking)
-    run.write_json("results.json", results)
-    with run.timed("plots"):
-        draw_rank_figures(results, run.file("plots"), _title(study))
-    print_ranking(cli.console, results, _title(study))
-    cli.console.print(f"heads: {run.file(FILE_NAME)}  (use: mllm-arb ablate --from {run.path})")
-    cli.console.print(f"run directory: {run.path}")
-    return run.path
+    with session() as ranks:
+        study = setup(cfg, ranks)
+        manifest = study.manifest()
+        run = start_run(cfg, "rank-heads", resume, ranks, manifest.pop("dataset_fingerprint"), **manifest)
+        rank_preps = prepare(study.adapter, study.rank_samples(), cfg.batch_size)
+        removal = study.removal(rank_preps)
+        with run.timed("rank"), cli.progress(ranks.main) as bar:
+            per_sample = unit_scores(study, study.sweep.methods, rank_preps, removal, run, ranks, bar)
+        if per_sample is None:
+            return run.path
+        ranking = ranking_from(study, rank_preps, removal, per_sample)
+        run.write_table("scores.parquet", ranking.rows)
+        write_head_set(run.file(FILE_NAME), ranking.head_set)
+        results = ranking_results(study, ranking)
+        with run.timed("plots"):
+            draw_rank_figures(results, run.file("plots"), _title(study))
+        run.write_json("results.json", results)  # last: its presence marks the run complete
+        print_ranking(cli.console, results, _title(study))
+        cli.console.print(f"heads: {run.file(FILE_NAME)}  (use: mllm-arb ablate --from {run.path})")
+        cli.console.print(f"run directory: {run.path}")
+        return run.path
 
 
 def heads_for(study: Study, run: RunDir, rank_preps, removal, bar) -> HeadSet:
@@ -413,6 +463,11 @@ def run_pipeline(cfg: DictConfig, overrides: list[str], commands: dict) -> Path:
     stage("ablate", lambda a: ablate_stage(_compose(a)), with_heads)
     stage("amplify", lambda a: amplify_stage(_compose(a)), with_heads)
     parent.write_json("results.json", gather(root, stages))
+    from ..report.html import write_report
+
+    with parent.timed("report"):
+        page = write_report([root], None)
+    _cli().console.print(f"report: {page}")
     _cli().console.print(f"pipeline run directory: {root}")
     return root
 

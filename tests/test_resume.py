@@ -1,0 +1,153 @@
+"""Resume: a run SIGKILLed mid-stage continues from its saved batches (`--resume RUN_DIR`, in one process
+or sharded over two), recomputes none of them, and ends with the tables and results of an uninterrupted
+run; bad resumes are refused and leave everything as it was."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from mllm_arb.cli import compose
+from mllm_arb.runs import RunDir
+
+from .test_cli import invoke, only_run
+from .test_sharding import one_thread_invoke, torchrun, unit_ranks
+
+
+def run_and_kill(args, out, stage, at_least):
+    """Start the CLI in a subprocess, SIGKILL it once `at_least` batches of `stage` are saved."""
+    proc = subprocess.Popen([sys.executable, "-m", "mllm_arb.cli", *args, f"output_dir={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(out.glob(f"*/*/*/partial/{stage}/*.json"))) >= at_least:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    return only_run(out, args[0])
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CASES = {  # the evaluate run resumes in one process, the analyze run under torchrun with two
+    "evaluate": (["evaluate", "model=llava_tiny", "data.n_items=30", "batch_size=1", "conditions=[text_following,vision_following]"],
+                 "score", ["samples.parquet"], ["results.json"], 1),
+    "analyze": (["analyze", "model=llava_tiny", "data.n_items=10", "batch_size=1", "analysis.edges=[image:last,context:last]"],
+                "knockout", ["knockout.parquet", "lens.parquet"], ["results.json", "findings.json"], 2),
+}
+
+
+@pytest.mark.parametrize("command", list(CASES))
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(command, tmp_path):
+    args, stage, tables, jsons, n_procs = CASES[command]
+    run = run_and_kill(args, tmp_path / "killed", stage, at_least=3)
+    assert not (run / "results.json").exists()
+    saved = snapshot(run / "partial")
+    n_saved = sum(1 for k in saved if k.startswith(f"{stage}/") and k.endswith(".json"))
+    assert n_saved >= 3
+
+    if n_procs == 1:
+        result = invoke(command, "--resume", str(run))
+        assert result.exit_code == 0, result.output
+    else:
+        result = torchrun(command, "--resume", str(run), n=n_procs)
+        assert result.returncode == 0, result.stderr[-3000:]
+        new = {k: r for k, r in unit_ranks(run).items() if f"{k}.json" not in saved}
+        assert set(new.values()) == {0, 1}  # both ranks computed their share of what was left
+    manifest = json.loads((run / "manifest.json").read_text())
+    batches = manifest["batches"][stage]
+    assert batches["reused"] == n_saved and batches["computed"] == batches["total"] - n_saved > 0
+    assert manifest["resumes"][0]["saved_batches"][stage] == n_saved
+    after = snapshot(run / "partial")
+    assert all(after[k] == v for k, v in saved.items() if k.endswith(".json"))  # saved batches never rewritten
+
+    assert one_thread_invoke(*args, f"output_dir={tmp_path / 'whole'}").exit_code == 0
+    whole = only_run(tmp_path / "whole", command)
+    for table in tables:
+        assert pq.read_table(run / table).to_pylist() == pq.read_table(whole / table).to_pylist(), table
+    for name in jsons:
+        assert json.loads((run / name).read_text()) == json.loads((whole / name).read_text()), name
+
+
+def unfinished_run(tmp_path, overrides):
+    """A run directory as a crash right after its creation leaves it."""
+    cfg = compose([*overrides, f"output_dir={tmp_path / 'out'}"])
+    OmegaConf.resolve(cfg)
+    return RunDir.create(cfg.output_dir, "evaluate", cfg.model.name, cfg).path
+
+
+def one_error_line(result, expected):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error" in lines[0] and expected in lines[0], result.output
+
+
+OVERRIDES = ["model=llava_tiny", "data.n_items=2", "conditions=[text_following]"]
+
+
+def test_resume_with_another_config_is_refused_and_touches_nothing(tmp_path):
+    run = unfinished_run(tmp_path, OVERRIDES)
+    before = snapshot(run)
+    result = invoke("evaluate", "--resume", str(run), *OVERRIDES, "batch_size=3", f"output_dir={tmp_path / 'out'}")
+    one_error_line(result, "batch_size: 16 → 3")
+    assert snapshot(run) == before
+    # the same overrides as the saved config are accepted, and the run completes in place
+    result = invoke("evaluate", "--resume", str(run), *OVERRIDES, f"output_dir={tmp_path / 'out'}")
+    assert result.exit_code == 0, result.output
+    assert (run / "results.json").exists() and only_run(tmp_path / "out", "evaluate") == run
+    # a complete run is not resumed again (nothing would be left to do, and nothing may be overwritten)
+    done = snapshot(run)
+    one_error_line(invoke("evaluate", "--resume", str(run)), "complete")
+    assert snapshot(run) == done
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "no such directory"),
+    ("not a run", "not a run directory"),
+    ("other command", "not 'analyze'"),
+])
+def test_bad_resume_targets_get_one_clear_line(case, expected, tmp_path):
+    target = {"missing": lambda: tmp_path / "nope", "not a run": lambda: tmp_path,
+              "other command": lambda: unfinished_run(tmp_path, OVERRIDES)}[case]()
+    (tmp_path / "stray.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    one_error_line(invoke("analyze", "--resume", str(target)), expected)
+    assert snapshot(tmp_path) == before
+
+
+def test_rank_heads_resumes_from_the_batches_a_crash_left(tmp_path):
+    """What a crash leaves behind (some batches saved, no results) is rebuilt from an uninterrupted run's
+    directory: resuming it recomputes only the missing batches and ends with the same ranking."""
+    import shutil
+
+    args = ["rank-heads", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.methods=[attribution,dla]"]
+    assert invoke(*args, f"output_dir={tmp_path / 'out'}").exit_code == 0
+    whole = only_run(tmp_path / "out", "rank-heads")
+    crashed = tmp_path / "moved" / whole.name  # a run directory keeps its identity wherever it lies
+    shutil.copytree(whole, crashed, ignore=shutil.ignore_patterns("results.json", "heads.json", "scores.parquet", "plots"))
+    dropped = sorted((crashed / "partial" / "rank-dla").glob("*.json"))[1:]
+    for p in dropped:
+        p.unlink()
+    kept = snapshot(crashed / "partial")
+    assert invoke("rank-heads", "--resume", str(crashed)).exit_code == 0
+    batches = json.loads((crashed / "manifest.json").read_text())["batches"]
+    assert batches["rank-attribution"]["computed"] == 0 and batches["rank-dla"]["computed"] == len(dropped) > 0
+    assert all(snapshot(crashed / "partial")[k] == v for k, v in kept.items())
+    assert json.loads((crashed / "manifest.json").read_text())["command"] == "rank-heads"
+    assert pq.read_table(crashed / "scores.parquet").to_pylist() == pq.read_table(whole / "scores.parquet").to_pylist()
+    for name in ("results.json", "heads.json"):
+        assert json.loads((crashed / name).read_text()) == json.loads((whole / name).read_text()), name
