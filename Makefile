@@ -22,6 +22,10 @@ analyze: $(STAMP)
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# measured ratios of the fast paths against the straightforward ones (benchmarks/, docs/performance.md); < 10 min on 2 cores
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
 # headless Chromium for the report's browser test (tests/test_report.py); best effort: where it cannot
 # be installed (no apt-get, no root or password-less sudo) that test is skipped and says why
 browser:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from ..data.records import Sample
-from ..interventions.knockout import knock_out, layer_window
+from ..interventions.knockout import knock_out, knock_out_rows, knockout_mask, layer_window
 from ..interventions.lens import component_contributions
+from ..interventions.prefix import PrefixRun, max_variants
 from ..models.adapter import GROUPS, ModelAdapter
 from ..scoring import answer_ids, binary_scores
 from .behaviour import batches
@@ -62,6 +63,9 @@ class KnockoutPlan:
         return len(self.edges) * self.n_layers
 
 
+Variant = tuple[tuple[str, str], int, list[int]]  # (edge, window centre, window layers)
+
+
 @torch.no_grad()
 def knockout_rows(
     adapter: ModelAdapter,
@@ -69,35 +73,88 @@ def knockout_rows(
     plan: KnockoutPlan,
     batch_size: int,
     on_step: Callable[[int], None] | None = None,
+    fast: bool = True,
+    variants: int | None = None,
 ) -> list[dict]:
-    """For every sample, edge and window centre: following log-odds before and after the knockout."""
+    """For every sample, edge and window centre: following log-odds before and after the knockout.
+
+    `fast` records one plain pass per batch and resumes it at each window's first layer (the layers
+    before it are untouched), `variants` knockouts (edges, windows with the same first layer) stacked per
+    pass (default: `max_variants`); `fast=False` runs one full forward pass per edge, window and batch.
+    """
     rows: list[dict] = []
     for chunk in batches(samples, batch_size):
         batch = adapter.build_batch(chunk)
         ids = [answer_ids(adapter.tokenizer, s) for s in chunk]
-        base, _, _ = binary_scores(adapter.last_logits(batch), ids)
-        for edge in plan.edges:
-            for center, layers in plan.windows():
-                with knock_out(adapter, batch, [edge], layers):
-                    after, p_after, _ = binary_scores(adapter.last_logits(batch), ids)
-                for i, s in enumerate(chunk):
-                    rows.append(
-                        {
-                            "item_id": s.item_id,
-                            "task": s.task,
-                            "setting": s.condition.value,
-                            "edge": edge_name(edge),
-                            "center": center,
-                            "log_odds_before": float(base[i]),
-                            "log_odds_after": float(after[i]),
-                            "delta": float(after[i] - base[i]),
-                            "follows_before": bool(base[i] > 0),
-                            "follows_after": bool(p_after[i] > 0.5),
-                        }
-                    )
-                if on_step:
-                    on_step(len(chunk))
+        todo: list[Variant] = [(edge, center, layers) for edge in plan.edges for center, layers in plan.windows()]
+        if fast:
+            base, after = _knockout_fast(adapter, batch, ids, todo, on_step, variants)
+        else:
+            base, after = _knockout_naive(adapter, batch, ids, todo, on_step)
+        for (edge, center, _), log_odds in zip(todo, after):
+            for i, s in enumerate(chunk):
+                rows.append(
+                    {
+                        "item_id": s.item_id,
+                        "task": s.task,
+                        "setting": s.condition.value,
+                        "edge": edge_name(edge),
+                        "center": center,
+                        "log_odds_before": float(base[i]),
+                        "log_odds_after": float(log_odds[i]),
+                        "delta": float(log_odds[i] - base[i]),
+                        "follows_before": bool(base[i] > 0),
+                        "follows_after": bool(torch.sigmoid(log_odds[i]) > 0.5),
+                    }
+                )
     return rows
+
+
+def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Baseline and per-variant `[B]` log-odds, one full forward pass per variant."""
+    base = binary_scores(adapter.last_logits(batch), ids)[0]
+    after = []
+    for edge, _, layers in todo:
+        with knock_out(adapter, batch, [edge], layers):
+            after.append(binary_scores(adapter.last_logits(batch), ids)[0])
+        if on_step:
+            on_step(len(batch))
+    return base, after
+
+
+def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, variants: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`_knockout_naive` from one recorded pass: variants whose windows start at the same layer run
+    stacked, resumed from that layer's input; an edge that blocks nothing in the batch (a group the
+    prompts lack) leaves the plain pass's log-odds, with no pass at all."""
+    run = PrefixRun(adapter, batch)
+    base = binary_scores(run.logits, ids)[0]
+    n_rows = len(batch)
+    per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
+    masks = {edge: knockout_mask(batch, [edge]) for edge in dict.fromkeys(e for e, _, _ in todo)}
+    after: list[torch.Tensor | None] = [None] * len(todo)
+    by_start: dict[int, list[int]] = defaultdict(list)
+    for j, (edge, _, layers) in enumerate(todo):
+        if masks[edge].any():
+            by_start[min(layers)].append(j)
+        else:
+            after[j] = base
+    skipped = len(todo) - sum(map(len, by_start.values()))
+    if on_step and skipped:
+        on_step(n_rows * skipped)
+    for layer, hidden in run.states(stop=max(by_start, default=-1) + 1):
+        group = by_start.get(layer, [])
+        for start in range(0, len(group), per_pass):
+            chunk = group[start : start + per_pass]
+            block = torch.cat([masks[todo[j][0]] for j in chunk])
+            row_layers = [todo[j][2] for j in chunk for _ in range(n_rows)]
+            with knock_out_rows(adapter, block, row_layers):
+                logits = run.resume(layer, hidden, len(chunk))
+            log_odds = binary_scores(logits, list(ids) * len(chunk))[0].view(len(chunk), n_rows)
+            for v, j in enumerate(chunk):
+                after[j] = log_odds[v]
+            if on_step:
+                on_step(n_rows * len(chunk))
+    return base, after
 
 
 def summarise_knockout(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, list[dict]]]:

@@ -1,12 +1,16 @@
 """Ranking attention heads by their causal role in arbitration (mission.md §5).
 
-Three scores per sample and head, all oriented the same way (positive: the head pushes toward the
+Four scores per sample and head, all oriented the same way (positive: the head pushes toward the
 following answer, so removing it lowers the following log-odds):
 
 - `ablation`: exact. Remove the head (zero or mean, at the chosen positions) and measure the drop in
-  following log-odds. One forward pass per head and batch.
+  following log-odds. By default one plain pass per batch is recorded and each head's removal resumes it
+  at the head's layer (`PrefixRun`), heads stacked in one pass as memory allows; `fast=False` is the
+  straightforward loop of one full forward pass per head and batch (same numbers, for checking).
 - `attribution`: attribution patching. One forward and one backward pass per batch; the drop is
   predicted to first order as `(activation - replacement) · gradient`, summed over the positions.
+- `verified`: attribution for every head, then exact ablation of the top candidates it proposes
+  (`VERIFY_FRACTION` of the heads, by each setting's and the pooled score), whose scores replace theirs.
 - `dla`: direct logit attribution. What the head writes at the last position, read straight through
   the final norm and unembedding (linearised at the actual final residual), onto following −
   competitor. It ignores every path through later layers, so it ranks "writer" heads only.
@@ -17,6 +21,7 @@ score (or one setting's), highest first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,11 +32,14 @@ import torch
 from ..data.records import Sample
 from ..interventions.heads import HeadEdit, edit_heads, record_heads, scale_heads
 from ..interventions.lens import lens_logits
+from ..interventions.prefix import PrefixRun, max_variants, variant_rows
 from ..models.adapter import Batch, ModelAdapter
 from ..scoring import AnswerIds, answer_ids, binary_scores
 from .behaviour import batches
 
-METHODS = ("ablation", "attribution", "dla")
+METHODS = ("ablation", "attribution", "verified", "dla")
+#: share of all heads that `verified` checks by exact ablation (3× the default top_k of 5%)
+VERIFY_FRACTION = 0.15
 ABLATION_MODES = ("zero", "mean")
 POSITIONS = ("all", "last", "instruction")
 
@@ -87,11 +95,16 @@ class Removal:
         if not heads:
             return []
         where = position_mask(batch, self.positions)
+        return [self.edit(head, where, scale) for head in heads]
+
+    def edit(self, head: Head, where: torch.Tensor, scale: float = 0.0) -> HeadEdit:
+        """The edit of one head at the positions `where` (`[rows, T]` bool)."""
+        l, h = head
         if scale == 0 and self.mode == "mean":
             if self.means is None:
                 raise ValueError("mean ablation needs per-head means (see head_means)")
-            return [HeadEdit(layer=l, head=h, scale=0.0, mean=self.means[(l, h)], positions=where) for l, h in heads]
-        return scale_heads(heads, scale, positions=where)
+            return HeadEdit(layer=l, head=h, scale=0.0, mean=self.means[(l, h)], positions=where)
+        return scale_heads([head], scale, positions=where)[0]
 
     def replacement(self, layer: int, n_heads: int, like: torch.Tensor) -> torch.Tensor:
         """`[n_heads, head_dim]` what removal puts in place of each head of `layer`."""
@@ -128,21 +141,68 @@ def log_odds_under(adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadEd
     return binary_scores(logits, prep.ids)[0].cpu()
 
 
-# ------------------------------------------------------------------------------------ the three scores
+# ------------------------------------------------------------------------------------ the scores
 @torch.no_grad()
-def ablation_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:
-    """`[N, L, H]` drop in following log-odds when each head alone is removed."""
+def ablation_scores(
+    adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None,
+    fast: bool = True, variants: int | None = None,
+) -> torch.Tensor:
+    """`[N, L, H]` drop in following log-odds when each head alone is removed.
+
+    `fast` resumes one recorded pass per batch at each head's layer, `variants` heads stacked per pass
+    (default: as many as keep memory about a plain pass's, `max_variants`); `fast=False` runs one full
+    forward pass per head and batch.
+    """
     parts = adapter.parts
+    heads = all_heads(parts.n_layers, parts.n_heads)
     out = []
     for p in preps:
-        base = log_odds_under(adapter, p)
-        scores = torch.empty(len(p.batch), parts.n_layers, parts.n_heads)
-        for l, h in all_heads(parts.n_layers, parts.n_heads):
-            scores[:, l, h] = base - log_odds_under(adapter, p, removal.edits([(l, h)], p.batch))
-            if on_step:
-                on_step(len(p.batch))
-        out.append(scores)
+        if fast:
+            drops = exact_drops(adapter, p, removal, heads, on_step, variants)
+        else:
+            drops = naive_drops(adapter, p, removal, heads, on_step)
+        out.append(drops.view(len(p.batch), parts.n_layers, parts.n_heads))
     return torch.cat(out)
+
+
+def naive_drops(adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: Sequence[Head], on_step: OnStep = None) -> torch.Tensor:
+    """`[B, len(heads)]` drop in log-odds per removed head: one full forward pass per head."""
+    base = log_odds_under(adapter, prep)
+    out = torch.empty(len(prep.batch), len(heads))
+    for j, head in enumerate(heads):
+        out[:, j] = base - log_odds_under(adapter, prep, removal.edits([head], prep.batch))
+        if on_step:
+            on_step(len(prep.batch))
+    return out
+
+
+@torch.no_grad()
+def exact_drops(
+    adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: Sequence[Head], on_step: OnStep = None, variants: int | None = None
+) -> torch.Tensor:
+    """`naive_drops` with prefix reuse: layers before a head's layer run once (the recorded pass), and
+    the heads of one layer are removed in stacked passes of `variants` blocks of rows, one head each."""
+    batch, n_rows = prep.batch, len(prep.batch)
+    run = PrefixRun(adapter, batch)
+    base = binary_scores(run.logits, prep.ids)[0].cpu()
+    where = position_mask(batch, removal.positions)
+    per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
+    by_layer: dict[int, list[int]] = {}
+    for j, (l, _) in enumerate(heads):
+        by_layer.setdefault(l, []).append(j)
+    out = torch.empty(n_rows, len(heads))
+    for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
+        todo = by_layer.get(layer, [])
+        for start in range(0, len(todo), per_pass):
+            chunk = todo[start : start + per_pass]
+            edits = [removal.edit(heads[j], variant_rows(n_rows, len(chunk), v, where)) for v, j in enumerate(chunk)]
+            with edit_heads(adapter, edits):
+                logits = run.resume(layer, hidden, len(chunk))
+            after = binary_scores(logits, list(prep.ids) * len(chunk))[0].cpu().view(len(chunk), n_rows)
+            out[:, chunk] = (base[None] - after).T
+            if on_step:
+                on_step(n_rows * len(chunk))
+    return out
 
 
 def attribution_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:
@@ -222,11 +282,50 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
     return torch.cat(out)
 
 
+def n_verified(n_layers: int, n_heads: int, fraction: float = VERIFY_FRACTION) -> int:
+    """How many heads `verified` checks by exact ablation per ranking key (setting or pooled)."""
+    total = n_layers * n_heads
+    return min(total, max(1, math.ceil(fraction * total)))
+
+
+def verification_candidates(preps: Sequence[Prepared], scores: torch.Tensor, n: int) -> list[Head]:
+    """The top `n` heads of each setting's and of the pooled mean score (union, in ranking order)."""
+    chosen: dict[Head, None] = {}
+    for matrix in score_matrices(preps, scores).values():
+        chosen.update({(l, h): None for l, h, _ in rank(matrix)[:n]})
+    return list(chosen)
+
+
+def verified_scores(
+    adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None, fraction: float = VERIFY_FRACTION
+) -> torch.Tensor:
+    """`[N, L, H]` attribution scores, with the exact ablation drop in place for the candidates attribution
+    proposes (`verification_candidates`): one forward and backward pass per batch, plus exact removal of
+    a few heads instead of every head. Candidates come from the scores of `preps` as passed: a caller
+    that scores batch by batch gets each batch's own candidates."""
+    parts = adapter.parts
+    n = n_verified(parts.n_layers, parts.n_heads, fraction)
+    scores = attribution_scores(adapter, preps, removal, on_step)
+    candidates = verification_candidates(preps, scores, n)
+    layer_idx = torch.tensor([l for l, _ in candidates])
+    head_idx = torch.tensor([h for _, h in candidates])
+    row = 0
+    for p in preps:
+        exact = exact_drops(adapter, p, removal, candidates)
+        scores[row : row + len(p.batch), layer_idx, head_idx] = exact
+        row += len(p.batch)
+        if on_step:
+            on_step(len(p.batch) * n)
+    return scores
+
+
 def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str, removal: Removal, on_step: OnStep = None) -> torch.Tensor:
     if method == "ablation":
         return ablation_scores(adapter, preps, removal, on_step)
     if method == "attribution":
         return attribution_scores(adapter, preps, removal, on_step)
+    if method == "verified":
+        return verified_scores(adapter, preps, removal, on_step)
     if method == "dla":
         return dla_scores(adapter, preps, on_step)
     raise ValueError(f"unknown ranking method {method!r}; choose from {', '.join(METHODS)}")
@@ -234,7 +333,9 @@ def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str,
 
 def passes_per_sample(method: str, n_layers: int, n_heads: int) -> int:
     """How many sample-passes a method costs per sample (for progress bars)."""
-    return n_layers * n_heads if method == "ablation" else 1
+    if method == "ablation":
+        return n_layers * n_heads
+    return 1 + n_verified(n_layers, n_heads) if method == "verified" else 1
 
 
 # ------------------------------------------------------------------------------------ summaries

@@ -1,6 +1,7 @@
 """Interventions on a loaded model, each a context manager whose hooks are removed on exit (even on
 error): per-head edits at the attention output projection's input, attention-edge knockout through
-transformers' attention interface, and a residual-stream logit lens by component."""
+transformers' attention interface, a residual-stream logit lens by component, and prefix reuse (resuming a
+recorded pass at any decoder layer, variants stacked along the batch) for sweeps over many of them."""
 
 from .heads import (
     HeadEdit,
@@ -12,7 +13,7 @@ from .heads import (
     scale_heads,
     steer_heads,
 )
-from .knockout import default_window_size, knock_out, knockout_mask, layer_window
+from .knockout import default_window_size, knock_out, knock_out_rows, knockout_mask, layer_window
 from .lens import (
     SUBLAYERS,
     Contributions,
@@ -37,6 +38,7 @@ __all__ = [
     "steer_heads",
     "default_window_size",
     "knock_out",
+    "knock_out_rows",
     "layer_window",
     "knockout_mask",
     "SUBLAYERS",

@@ -37,6 +37,11 @@ class HeadEdit:
     mean: torch.Tensor | None = None
     positions: torch.Tensor | None = None
 
+    @property
+    def is_identity(self) -> bool:
+        """Scale 1 without a mean changes nothing (`* 1.0` is bit-identical), so it needs no work."""
+        return self.mean is None and self.scale == 1
+
     def apply(self, out: torch.Tensor) -> torch.Tensor:
         """The edited head output, for a `[..., head_dim]` slice."""
         if self.mean is None:
@@ -106,7 +111,11 @@ def edit_heads(model_or_adapter, edits: Sequence[HeadEdit], positions: torch.Ten
         by_layer.setdefault(edit.layer, []).append(edit)
 
     def make_hook(layer_edits: list[HeadEdit]):
+        layer_edits = [e for e in layer_edits if not e.is_identity]
+
         def hook(module, args):
+            if not layer_edits:
+                return None
             x = args[0]
             heads = x.reshape(*x.shape[:-1], parts.n_heads, parts.head_dim)
             new = heads.clone()

@@ -77,15 +77,24 @@ def knockout_mask(batch: Batch, edges: Sequence[tuple[str, str]]) -> torch.Tenso
 
 
 class _Knockout:
-    """The state one `knock_out` block registers: what to block, where, and what it wraps."""
+    """The state one knockout block registers: what to block, in which layers per row, and what it wraps."""
 
-    def __init__(self, name: str, base_impl: str, block: torch.Tensor, layers: frozenset[int]) -> None:
+    def __init__(self, name: str, base_impl: str, block: torch.Tensor, row_layers: Sequence[frozenset[int]]) -> None:
         self.name = name
         self.base_impl = base_impl
         self.root_impl = _ROOT_IMPL.get(base_impl, base_impl)
         self.block = block
-        self.layers = layers
+        self.row_layers = row_layers
         self.active = bool(block.any())  # an empty knockout leaves every call exactly as it was
+
+    def block_at(self, layer) -> torch.Tensor | None:
+        """`[B, T, T]` what is blocked in `layer` (rows whose layers exclude it block nothing), or None."""
+        if not self.active:
+            return None
+        rows = torch.tensor([layer in ls for ls in self.row_layers], device=self.block.device)
+        if not rows.any():
+            return None
+        return self.block if rows.all() else self.block & rows[:, None, None]
 
     # ------------------------------------------------------------------ dispatch
     def base_attention(self, module):
@@ -97,27 +106,29 @@ class _Knockout:
 
     def attention(self, module, query, key, value, attention_mask, *args, **kwargs):
         base = self.base_attention(module)
-        if self.active and getattr(module, "layer_idx", None) in self.layers:
-            attention_mask = self.edit(module, query, key, attention_mask, kwargs)
+        block = self.block_at(getattr(module, "layer_idx", None))
+        if block is not None:
+            attention_mask = self.edit(block, module, query, key, attention_mask, kwargs)
         return base(module, query, key, value, attention_mask, *args, **kwargs)
 
     # ------------------------------------------------------------------ the edit
-    def _blocked(self, n_q: int, n_k: int, device) -> torch.Tensor:
+    @staticmethod
+    def _blocked(block: torch.Tensor, n_q: int, n_k: int, device) -> torch.Tensor:
         """`[B, 1, n_q, n_k]` blocked entries; queries are the last n_q of the n_k key positions."""
-        n_tok = self.block.shape[1]
-        block = self.block.to(device)
+        n_tok = block.shape[1]
+        block = block.to(device)
         if n_k > n_tok:  # positions generated after the prompt belong to no group
             block = torch.nn.functional.pad(block, (0, n_k - n_tok, 0, n_k - n_tok))
         else:
             block = block[:, :n_k, :n_k]
         return block[:, n_k - n_q :, :][:, None]
 
-    def edit(self, module, query, key, attention_mask, kwargs) -> torch.Tensor:
+    def edit(self, block, module, query, key, attention_mask, kwargs) -> torch.Tensor:
         n_rows, n_q = query.shape[0], query.shape[2]
         n_k = attention_mask.shape[-1] if attention_mask is not None else key.shape[2]
-        if n_rows != self.block.shape[0]:
-            raise UserError(f"knockout built for {self.block.shape[0]} rows but the forward pass has {n_rows}")
-        blocked = self._blocked(n_q, n_k, query.device)
+        if n_rows != block.shape[0]:
+            raise UserError(f"knockout built for {block.shape[0]} rows but the forward pass has {n_rows}")
+        blocked = self._blocked(block, n_q, n_k, query.device)
         if attention_mask is None:
             # sdpa's causal shortcut (or an unmasked bidirectional layer): materialise what it stood for.
             causal = kwargs.get("is_causal")
@@ -175,9 +186,22 @@ def knock_out(adapter, batch: Batch, edges: Sequence[tuple[str, str]], layers: I
     Yields the `[B, T, T]` blocked-entry mask. The text model keeps its eager or sdpa attention; only
     the mask of the chosen layers changes. Knockouts nest (an inner one wraps the outer one).
     """
-    model, parts = adapter.model, adapter.parts
+    block = knockout_mask(batch, edges)
     layers = frozenset(int(l) for l in layers)
-    bad = sorted(l for l in layers if not 0 <= l < parts.n_layers)
+    with knock_out_rows(adapter, block, [layers] * len(batch)):
+        yield block
+
+
+@contextmanager
+def knock_out_rows(adapter, block: torch.Tensor, row_layers: Sequence[Iterable[int]]) -> Iterator[None]:
+    """`knock_out` with a blocked-entry mask given per row (`[N, T, T]`, True: query row t may not attend
+    to key column s) and, per row, the layers it applies in: stacked variants of a batch (other edges,
+    other windows) run as one pass."""
+    model, parts = adapter.model, adapter.parts
+    if len(row_layers) != block.shape[0]:
+        raise ValueError(f"{len(row_layers)} per-row layer sets for a knockout of {block.shape[0]} rows")
+    row_layers = [frozenset(int(l) for l in ls) for ls in row_layers]
+    bad = sorted({l for ls in row_layers for l in ls if not 0 <= l < parts.n_layers})
     if bad:
         raise UserError(f"layers {bad} out of range: the text decoder has {parts.n_layers} layers")
     for i, layer in enumerate(parts.layers):
@@ -190,16 +214,15 @@ def knock_out(adapter, batch: Batch, edges: Sequence[tuple[str, str]], layers: I
             f"attention knockout needs eager or sdpa attention, not {base_impl!r}; "
             "load the model with attn_implementation='sdpa' (or 'eager' for attention weights)"
         )
-    block = knockout_mask(batch, edges)
     name = f"{_PREFIX}{next(_counter)}"
-    ko = _Knockout(name, base_impl, block, layers)
+    ko = _Knockout(name, base_impl, block, row_layers)
     AttentionInterface.register(name, ko.attention)
     AttentionMaskInterface.register(name, ko.mask)
     _ROOT_IMPL[name] = ko.root_impl
     try:
         _set_text_attention(model, name)
         try:
-            yield block
+            yield
         finally:
             _set_text_attention(model, base_impl)
     finally:

@@ -1,0 +1,1 @@
+"""Benchmarks of the fast paths (`make bench`, see docs/performance.md); measurements, not tests."""

@@ -1,0 +1,191 @@
+"""Every optimised sweep against its straightforward path, on the tiny model of every family: prefix
+reuse (resuming a recorded pass at any layer), stacked variants, the batched head scan, the batched
+knockout sweep, and attribution-proposed exact verification. Same numbers within float tolerance."""
+
+import pytest
+import torch
+
+from mllm_arb.analysis.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
+from mllm_arb.analysis.heads import (
+    Removal,
+    ablation_scores,
+    attribution_scores,
+    head_means,
+    method_scores,
+    n_verified,
+    passes_per_sample,
+    prepare,
+    verification_candidates,
+    verified_scores,
+)
+from mllm_arb.data.records import CONFLICT_CONDITIONS, Condition
+from mllm_arb.data.templates import render_all
+from mllm_arb.interventions import edit_heads, knock_out, knock_out_rows, knockout_mask, scale_heads
+from mllm_arb.interventions.prefix import PrefixRun, max_variants, variant_rows
+from mllm_arb.models.loading import load_adapter
+
+from .conftest import FAMILIES, conflict_items
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """`tiny(family, impl)` -> (adapter, prepared batches: 3 padded items × 2 settings); built once."""
+    cache = {}
+
+    def get(family, impl="sdpa"):
+        if (family, impl) not in cache:
+            adapter = load_adapter(f"tiny:{family}", attn_implementation=impl)
+            cache[(family, impl)] = (adapter, prepare(adapter, render_all(conflict_items(3), CONFLICT_CONDITIONS), 3))
+        return cache[(family, impl)]
+
+    return get
+
+
+def n_hooks(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------ prefix reuse
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resuming_at_every_layer_gives_the_plain_forward_logits_stacked_or_not(tiny, family):
+    adapter, preps = tiny(family)
+    batch = preps[0].batch
+    plain = adapter.last_logits(batch)
+    hooks = n_hooks(adapter.model)  # after a first pass: transformers installs its own hooks lazily
+    run = PrefixRun(adapter, batch)
+    assert n_hooks(adapter.model) == hooks
+    torch.testing.assert_close(run.logits, plain, **TOL)
+    seen = []
+    for layer, hidden in run.states():
+        seen.append(layer)
+        for n_variants in (1, 3):
+            out = run.resume(layer, hidden, n_variants)
+            assert out.shape == (n_variants * len(batch), run.logits.shape[1])
+            for v in range(n_variants):
+                torch.testing.assert_close(out[v * len(batch) : (v + 1) * len(batch)], run.logits, **TOL)
+    assert seen == list(range(adapter.parts.n_layers))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_a_head_edit_in_one_row_block_of_a_stack_equals_that_edit_in_a_full_forward(tiny, family):
+    """Stacked variants are independent: block v's edit changes block v exactly as a full pass would."""
+    adapter, preps = tiny(family)
+    batch, n = preps[0].batch, len(preps[0].batch)
+    run = PrefixRun(adapter, batch)
+    layer = adapter.parts.n_layers - 1
+    hidden = dict(run.states())[layer]
+    everywhere = torch.ones(batch.inputs["input_ids"].shape, dtype=torch.bool)
+    with edit_heads(adapter, scale_heads([(layer, 1)], 0.0, positions=variant_rows(n, 2, 1, everywhere))):
+        out = run.resume(layer, hidden, 2)
+    with edit_heads(adapter, scale_heads([(layer, 1)], 0.0)):
+        edited = adapter.last_logits(batch)
+    torch.testing.assert_close(out[:n], run.logits, **TOL)
+    torch.testing.assert_close(out[n:], edited, **TOL)
+    assert not torch.allclose(edited, run.logits)
+
+
+def test_variant_rows_selects_one_block():
+    where = torch.tensor([[True, False], [False, True]])
+    rows = variant_rows(2, 3, 1, where)
+    assert rows.shape == (6, 2) and rows[2:4].equal(where) and not rows[:2].any() and not rows[4:].any()
+    assert variant_rows(2, 3, 2).tolist() == [False] * 4 + [True] * 2
+
+
+def test_max_variants_is_at_least_one_and_grows_with_the_vocabulary(tiny):
+    adapter, _ = tiny("llava")
+    n = max_variants(adapter, 100)
+    assert n >= 1 and max_variants(adapter, 10_000) <= n
+
+
+# ------------------------------------------------------------------------------------ head scan
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_head_scan_equals_one_forward_per_head(tiny, family):
+    adapter, preps = tiny(family)
+    zero = Removal("zero", "all")
+    naive = ablation_scores(adapter, preps, zero, fast=False)
+    assert naive.abs().max() > 0
+    torch.testing.assert_close(ablation_scores(adapter, preps, zero), naive, **TOL)
+    torch.testing.assert_close(ablation_scores(adapter, preps, zero, variants=3), naive, **TOL)
+    mean = Removal("mean", "instruction", head_means(adapter, preps, "instruction"))
+    torch.testing.assert_close(ablation_scores(adapter, preps, mean, variants=adapter.parts.n_heads),
+                               ablation_scores(adapter, preps, mean, fast=False), **TOL)
+
+
+def test_batched_head_scan_reports_the_same_progress(tiny):
+    adapter, preps = tiny("llava")
+    steps = {True: [], False: []}
+    for fast in steps:
+        ablation_scores(adapter, preps, Removal("zero", "last"), on_step=steps[fast].append, fast=fast)
+    n_samples = sum(len(p.batch) for p in preps)
+    total = n_samples * passes_per_sample("ablation", adapter.parts.n_layers, adapter.parts.n_heads)
+    assert sum(steps[True]) == sum(steps[False]) == total
+
+
+# ------------------------------------------------------------------------------------ knockout sweep
+def _sweep_keys(rows):
+    return [(r["item_id"], r["setting"], r["edge"], r["center"]) for r in rows]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family):
+    adapter, _ = tiny(family)
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING, Condition.IMAGE_ONLY])  # image_only: empty edges
+    for window in (1, 3):  # 1: windows start at every layer; 3: one start for all (stacked edges and windows)
+        plan = KnockoutPlan(edges=STUDY_EDGES[:5], window=window, n_layers=adapter.parts.n_layers)
+        naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+        fast = knockout_rows(adapter, samples, plan, batch_size=3, variants=4)
+        assert _sweep_keys(fast) == _sweep_keys(naive)
+        assert any(r["delta"] != 0 for r in naive)
+        for a, b in zip(fast, naive):
+            assert a["log_odds_before"] == pytest.approx(b["log_odds_before"], abs=1e-5)
+            assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
+            assert a["follows_after"] == b["follows_after"]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_vl"])
+def test_batched_knockout_sweep_under_eager_attention(tiny, family):
+    adapter, _ = tiny(family, "eager")
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING])
+    plan = KnockoutPlan(edges=STUDY_EDGES[:3], window=1, n_layers=adapter.parts.n_layers)
+    naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+    fast = knockout_rows(adapter, samples, plan, batch_size=3)
+    assert [r["log_odds_after"] for r in fast] == pytest.approx([r["log_odds_after"] for r in naive], abs=1e-5)
+
+
+def test_per_row_knockout_layers_match_separate_knockouts(tiny):
+    adapter, preps = tiny("llava")
+    batch = preps[0].batch
+    edge = [("context", "last")]
+    with knock_out(adapter, batch, edge, [0]):
+        first = adapter.last_logits(batch)
+    with knock_out(adapter, batch, edge, [1]):
+        second = adapter.last_logits(batch)
+    block = knockout_mask(batch, edge)
+    run = PrefixRun(adapter, batch)
+    with knock_out_rows(adapter, torch.cat([block, block]), [{0}] * len(batch) + [{1}] * len(batch)):
+        both = run.resume(0, next(run.states())[1], 2)
+    torch.testing.assert_close(both, torch.cat([first, second]), **TOL)
+    with pytest.raises(ValueError, match="per-row layer sets"):
+        with knock_out_rows(adapter, block, [{0}]):
+            pass
+
+
+# ------------------------------------------------------------------------------------ verified ranking
+def test_verified_scores_are_exact_on_the_candidates_and_attribution_elsewhere(tiny):
+    adapter, preps = tiny("qwen2_vl")
+    removal = Removal("zero", "all")
+    parts = adapter.parts
+    attribution = attribution_scores(adapter, preps, removal)
+    exact = ablation_scores(adapter, preps, removal)
+    verified = method_scores(adapter, preps, "verified", removal)
+    candidates = verification_candidates(preps, attribution, n_verified(parts.n_layers, parts.n_heads))
+    assert candidates and len(candidates) <= parts.n_layers * parts.n_heads
+    chosen = torch.zeros(parts.n_layers, parts.n_heads, dtype=torch.bool)
+    for l, h in candidates:
+        chosen[l, h] = True
+    torch.testing.assert_close(verified[:, chosen], exact[:, chosen], **TOL)
+    torch.testing.assert_close(verified[:, ~chosen], attribution[:, ~chosen], **TOL)
+    # a small fraction verifies fewer heads; a fraction of 1 is the exact scan itself
+    torch.testing.assert_close(verified_scores(adapter, preps, removal, fraction=1.0), exact, **TOL)
