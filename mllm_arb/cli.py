@@ -152,7 +152,7 @@ def single_process(command: str) -> None:
     from .distributed import Ranks
 
     if Ranks.from_env().sharded:
-        raise UserError(f"`{command}` does not run sharded; launch it without torchrun (evaluate, analyze and rank-heads shard)")
+        raise UserError(f"`{command}` does not run sharded; launch it without torchrun (evaluate, analyze, rank-heads, ablate and amplify shard)")
 
 
 @app.command("build-data")
@@ -229,15 +229,15 @@ def ablate_cmd(
     from_run: Optional[Path] = FROM_RUN,
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
+    resume: Optional[Path] = RESUME,
 ) -> None:
     """Heads: block the top heads; MFR against random and lowest-ranked heads, controls, dose-response."""
     with user_errors():
         from .analysis.head_stages import ablate_stage, cli_overrides
 
-        single_process("ablate")
-        cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run)], print_cfg)
+        cfg = configure("ablate", [*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run)], print_cfg, resume)
         if cfg is not None:
-            ablate_stage(cfg)
+            ablate_stage(cfg, resume)
 
 
 @app.command("amplify")
@@ -249,15 +249,15 @@ def amplify_cmd(
     alpha: Optional[list[float]] = typer.Option(None, "--alpha", help="Scale factor α (repeatable); default sweep.alphas."),
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
+    resume: Optional[Path] = RESUME,
 ) -> None:
     """Heads: scale the top heads by α on failed samples; recovery, harm, controls, random heads."""
     with user_errors():
         from .analysis.head_stages import amplify_stage, cli_overrides
 
-        single_process("amplify")
-        cfg = prepare([*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run, alphas=alpha)], print_cfg)
+        cfg = configure("amplify", [*(overrides or []), *cli_overrides(top_k, top_n, heads, from_run, alphas=alpha)], print_cfg, resume)
         if cfg is not None:
-            amplify_stage(cfg)
+            amplify_stage(cfg, resume)
 
 
 @app.command("run")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import UserError
 
 COMMANDS = ("build-data", "evaluate", "analyze", "rank-heads", "ablate", "amplify", "run")
-SHARDABLE = ("evaluate", "analyze", "rank-heads")
+SHARDABLE = ("evaluate", "analyze", "rank-heads", "ablate", "amplify")
 DEFAULT_LAUNCHER = "local"
 
 

@@ -23,7 +23,8 @@ from .test_sharding import one_thread_invoke, torchrun, unit_ranks
 def run_and_kill(args, out, stage, at_least):
     """Start the CLI in a subprocess, SIGKILL it once `at_least` batches of `stage` are saved."""
     proc = subprocess.Popen([sys.executable, "-m", "mllm_arb.cli", *args, f"output_dir={out}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # one thread, like the reference run
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -43,9 +44,14 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-CASES = {  # the evaluate run resumes in one process, the analyze run under torchrun with two
+# a blocking sweep small enough for a test: 2 random sets, one dose point, one control
+SWEEP = ["sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
+CASES = {  # the evaluate and ablate runs resume in one process, the analyze run under torchrun with two
     "evaluate": (["evaluate", "model=llava_tiny", "data.n_items=30", "batch_size=1", "conditions=[text_following,vision_following]"],
                  "score", ["samples.parquet"], ["results.json"], 1),
+    # ablate ranks its heads first (partial/rank-attribution/), then blocks them batch by batch (partial/ablate/)
+    "ablate": (["ablate", "model=llava_tiny", "data.n_items=12", "batch_size=1", *SWEEP],
+               "ablate", ["samples.parquet", "scores.parquet"], ["results.json", "heads.json"], 1),
     "analyze": (["analyze", "model=llava_tiny", "data.n_items=10", "batch_size=1", "analysis.edges=[image:last,context:last]"],
                 "knockout", ["knockout.parquet", "lens.parquet"], ["results.json", "findings.json"], 2),
 }
@@ -61,7 +67,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(command, tmp_path):
     assert n_saved >= 3
 
     if n_procs == 1:
-        result = invoke(command, "--resume", str(run))
+        result = one_thread_invoke(command, "--resume", str(run))
         assert result.exit_code == 0, result.output
     else:
         result = torchrun(command, "--resume", str(run), n=n_procs)
@@ -149,5 +155,33 @@ def test_rank_heads_resumes_from_the_batches_a_crash_left(tmp_path):
     assert all(snapshot(crashed / "partial")[k] == v for k, v in kept.items())
     assert json.loads((crashed / "manifest.json").read_text())["command"] == "rank-heads"
     assert pq.read_table(crashed / "scores.parquet").to_pylist() == pq.read_table(whole / "scores.parquet").to_pylist()
+    for name in ("results.json", "heads.json"):
+        assert json.loads((crashed / name).read_text()) == json.loads((whole / name).read_text()), name
+
+
+def test_amplify_resumes_both_sweeps_from_the_batches_a_crash_left(tmp_path):
+    """amplify's two sweeps (top heads at every α, then random heads at the best α) each resume from
+    their saved batches: a crash's leftovers, rebuilt from an uninterrupted run, end in the same run."""
+    import shutil
+
+    args = ["amplify", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.alphas=[1,4]", *SWEEP]
+    assert one_thread_invoke(*args, f"output_dir={tmp_path / 'out'}").exit_code == 0
+    whole = only_run(tmp_path / "out", "amplify")
+    crashed = tmp_path / "moved" / whole.name
+    shutil.copytree(whole, crashed, ignore=shutil.ignore_patterns("results.json", "heads.json", "*.parquet", "plots"))
+    dropped = {stage: sorted((crashed / "partial" / stage).glob("*.json"))[::2] for stage in ("amplify", "amplify_random")}
+    for paths in dropped.values():
+        for p in paths:
+            p.unlink()
+    kept = snapshot(crashed / "partial")
+    result = one_thread_invoke("amplify", "--resume", str(crashed))
+    assert result.exit_code == 0, result.output
+    batches = json.loads((crashed / "manifest.json").read_text())["batches"]
+    assert batches["rank-attribution"]["computed"] == 0
+    for stage, paths in dropped.items():
+        assert batches[stage]["computed"] == len(paths) > 0 and batches[stage]["reused"] > 0, stage
+    assert all(snapshot(crashed / "partial")[k] == v for k, v in kept.items())
+    for table in ("samples.parquet", "scores.parquet"):
+        assert pq.read_table(crashed / table).to_pylist() == pq.read_table(whole / table).to_pylist(), table
     for name in ("results.json", "heads.json"):
         assert json.loads((crashed / name).read_text()) == json.loads((whole / name).read_text()), name

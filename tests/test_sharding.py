@@ -1,5 +1,6 @@
 """Sharded execution: a 2-process torchrun (gloo, CPU) writes one run whose tables and results equal a
-single-process run's; the ranks split the batches between them. (`analyze` is run sharded in
+single-process run's; the ranks split the batches between them (evaluate, rank-heads and ablate,
+whose head ranking and blocking sweep both shard). (`analyze` is run sharded in
 tests/test_resume.py, resuming a killed run over two processes.)"""
 
 import json
@@ -39,11 +40,13 @@ def one_thread_invoke(*args):
         torch.set_num_threads(threads)
 
 
-TABLES = {"evaluate": ["samples.parquet"], "rank-heads": ["scores.parquet"]}
-# one set of overrides serves both commands (each reads only its own keys)
+TABLES = {"evaluate": ["samples.parquet"], "rank-heads": ["scores.parquet"],
+          "ablate": ["samples.parquet", "scores.parquet"]}  # ablate ranks its heads itself, then blocks them
+# one set of overrides serves every command (each reads only its own keys)
 ARGS = ["model=llava_tiny", "batch_size=2", "data.n_items=8", "scoring.generate_tokens=1",
-        "sweep.methods=[attribution,dla]", "sweep.ablation=mean"]
-# both commands in one torchrun launch, to pay the start-up once
+        "sweep.methods=[attribution,dla]", "sweep.ablation=mean", "sweep.n_random=2", "sweep.n_random_dose=2",
+        "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
+# every command in one torchrun launch, to pay the start-up once
 DRIVER = """
 import sys
 from mllm_arb.cli import app
@@ -90,6 +93,6 @@ def test_rank_devices_and_ownership(monkeypatch):
 def test_commands_without_sharding_refuse_a_torchrun_launch(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = invoke("ablate", "model=llava_tiny", f"output_dir={tmp_path}")
+    result = invoke("build-data", "model=llava_tiny", f"output_dir={tmp_path}")
     assert result.exit_code == 2 and "does not run sharded" in result.output
     assert not any(tmp_path.iterdir())

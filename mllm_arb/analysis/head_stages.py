@@ -33,9 +33,9 @@ from .heads import (
 )
 from .sweeps import (
     POOLED,
+    Arm,
     SweepConfig,
     amplification_arms,
-    arm_cost,
     baseline,
     blocking_arms,
     check_split_sizes,
@@ -184,16 +184,6 @@ class Ranking:
     agreement: dict
 
 
-def compute_ranking(study: Study, methods, rank_preps: list[Prepared], removal: Removal, bar=None) -> Ranking:
-    adapter = study.adapter
-    n_samples = sum(len(p.batch) for p in rank_preps)
-    per_sample = {}
-    for method in methods:
-        task = bar.add_task(f"ranking heads: {method}", total=n_samples * passes_per_sample(method, study.n_layers, study.n_heads)) if bar else None
-        per_sample[method] = method_scores(adapter, rank_preps, method, removal, on_step=(lambda n, t=task: bar.advance(t, n)) if bar else None)
-    return ranking_from(study, rank_preps, removal, per_sample)
-
-
 def ranking_from(study: Study, rank_preps: list[Prepared], removal: Removal, per_sample: dict) -> Ranking:
     """The ranking, heads.json and per-sample rows from every method's `[N, L, H]` scores."""
     sweep, adapter = study.sweep, study.adapter
@@ -296,55 +286,119 @@ def rank_stage(cfg: DictConfig, resume: Path | None = None) -> Path:
         return run.path
 
 
-def heads_for(study: Study, run: RunDir, rank_preps, removal, bar) -> HeadSet:
-    """The file's head set, or a fresh ranking by `sweep.rank_method` (saved as this run's heads.json)."""
+def heads_for(study: Study, run: RunDir, ranks, rank_preps, removal, bar) -> HeadSet:
+    """The file's head set, or a fresh ranking by `sweep.rank_method` (saved as this run's heads.json).
+    The ranking goes batch by batch through `partial/rank-<method>/` like rank-heads' (resumed, sharded);
+    rank 0 builds the head set and every rank receives it."""
     if study.head_set is not None:
-        head_set = study.head_set
-    else:
-        ranking = compute_ranking(study, (study.sweep.rank_method,), rank_preps, removal, bar)
+        if ranks.main:
+            write_head_set(run.file(FILE_NAME), study.head_set)
+        return study.head_set
+    per_sample = unit_scores(study, (study.sweep.rank_method,), rank_preps, removal, run, ranks, bar)
+
+    def make() -> HeadSet:
+        ranking = ranking_from(study, rank_preps, removal, per_sample)
         run.write_table("scores.parquet", ranking.rows)
-        head_set = ranking.head_set
-    write_head_set(run.file(FILE_NAME), head_set)
-    return head_set
+        write_head_set(run.file(FILE_NAME), ranking.head_set)
+        return ranking.head_set
+
+    return ranks.share(make)
+
+
+def sweep_units(study: Study, run: RunDir, ranks, stage: str, units: list[Prepared], arms: list[Arm], removal: Removal,
+                bar, label: str, base_of=None, everyone: bool = False) -> list[dict] | None:
+    """Every arm over every batch of `units`, batch by batch through `partial/<stage>/` (saved as they
+    go, read back on --resume, split over the ranks under torchrun). A unit's saved rows are one list per
+    arm (empty where the arm does not apply: controls batches run only arms with `arm.controls`), and
+    its baseline log-odds. `base_of(index)` gives a unit's baseline instead of computing it. After a
+    barrier rank 0 (every rank, when `everyone`) gets the saved units in unit order; the others None."""
+    from ..partial import load_units, run_units, stage_store
+    from ..stages import _share, record_batches
+
+    keep = set(study.sweep.settings)
+    is_setting = [p.samples[0].condition in keep for p in units]
+    store = stage_store(run.path, stage, len(units))
+    index = {id(p): i for i, p in enumerate(units)}
+
+    def cost(i: int) -> int:
+        n = len(units[i].batch)
+        return (n if base_of is None else 0) + n * sum(1 for a in arms if is_setting[i] or a.controls)
+
+    task = bar.add_task(f"{label}{_share(ranks)}", total=sum(cost(i) for i in range(len(units)) if ranks.owns(i)))
+    step = lambda k: bar.advance(task, k)  # noqa: E731
+
+    def compute(p: Prepared) -> dict:
+        i = index[id(p)]
+        before = baseline(study.adapter, [p], step)[0] if base_of is None else base_of(i)
+        settings, controls = ([p], []) if is_setting[i] else ([], [p])
+        per_arm = [run_arms(study.adapter, [arm], settings, controls, {id(p): before}, removal, step) for arm in arms]
+        return {"base": [float(v) for v in before], "arms": per_arm}
+
+    samples_of = lambda p: p.samples  # noqa: E731
+    run_units(store, units, compute, ranks, on_reused=lambda p: step(cost(index[id(p)])), samples_of=samples_of)
+    ranks.barrier()
+    if not (ranks.main or everyone):
+        return None
+    saved = load_units(store, units, samples_of)
+    if ranks.main:
+        record_batches(run, store)
+    return saved
+
+
+def arm_major(saved: list[dict], units: list[Prepared], settings) -> list[dict]:
+    """The per-unit rows in the order one pass over the arms gives (`run_arms` over every batch): arm
+    by arm, the settings batches then the controls batches, each in batch order."""
+    keep = set(settings)
+    order = [i for i, p in enumerate(units) if p.samples[0].condition in keep]
+    order += [i for i, p in enumerate(units) if p.samples[0].condition not in keep]
+    n_arms = len(saved[0]["arms"]) if saved else 0
+    return [row for a in range(n_arms) for i in order for row in saved[i]["arms"][a]]
 
 
 # ------------------------------------------------------------------------------------ ablate
-def ablate_stage(cfg: DictConfig) -> Path:
+def ablate_stage(cfg: DictConfig, resume: Path | None = None) -> Path:
+    from ..distributed import session
     from ..report.head_figures import draw_blocking_figures
+    from ..stages import start_run
 
     cli = _cli()
-    study = setup(cfg)
-    sweep, adapter = study.sweep, study.adapter
-    run = RunDir.create(cfg.output_dir, "ablate", cfg.model.name, cfg)
-    run.write_manifest(**study.manifest())
-    needs_rank = study.head_set is None or sweep.ablation == "mean"
-    rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if needs_rank else None
-    eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
-    settings, controls = split_preps(eval_preps, sweep.settings)
-    with cli.progress() as bar:
-        removal = study.removal(rank_preps)
-        with run.timed("rank"):
-            head_set = heads_for(study, run, rank_preps, removal, bar)
-        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
-        arms = blocking_arms(head_set, n, sweep, cfg.seed)
-        task = bar.add_task(f"blocking ({len(arms)} head sets)", total=sum(len(p.batch) for p in eval_preps)
-                            + sum(arm_cost(a, settings, controls) for a in arms))
-        step = lambda k: bar.advance(task, k)  # noqa: E731
-        with run.timed("sweep"):
-            base = dict(zip(map(id, eval_preps), baseline(adapter, eval_preps, step)))
-            rows = run_arms(adapter, arms, settings, controls, base, removal, step)
-    run.write_table("samples.parquet", rows)
-    names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
-    results = {
-        **_common(study, head_set, removal, n),
-        "blocking": summarise_blocking(rows, *names, n_boot=cfg.scoring.n_boot, seed=cfg.seed),
-        "dose": summarise_dose(rows, names[0], n_boot=cfg.scoring.n_boot, seed=cfg.seed),
-    }
-    run.write_json("results.json", results)
+    with session() as ranks:
+        study = setup(cfg, ranks)
+        sweep, adapter = study.sweep, study.adapter
+        manifest = study.manifest()
+        run = start_run(cfg, "ablate", resume, ranks, manifest.pop("dataset_fingerprint"), **manifest)
+        needs_rank = study.head_set is None or sweep.ablation == "mean"
+        rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if needs_rank else None
+        eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
+        with cli.progress(ranks.main) as bar:
+            removal = study.removal(rank_preps)  # mean ablation: the means are recomputed on resume (one pass)
+            with run.timed("rank"):
+                head_set = heads_for(study, run, ranks, rank_preps, removal, bar)
+            n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+            arms = blocking_arms(head_set, n, sweep, cfg.seed)
+            with run.timed("sweep"):
+                saved = sweep_units(study, run, ranks, "ablate", eval_preps, arms, removal, bar,
+                                    f"blocking ({len(arms)} head sets)")
+        if not ranks.main:
+            return run.path
+        rows = arm_major(saved, eval_preps, sweep.settings)
+        run.write_table("samples.parquet", rows)
+        names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
+        results = {
+            **_common(study, head_set, removal, n),
+            "blocking": summarise_blocking(rows, *names, n_boot=cfg.scoring.n_boot, seed=cfg.seed),
+            "dose": summarise_dose(rows, names[0], n_boot=cfg.scoring.n_boot, seed=cfg.seed),
+        }
+        return _finish(run, study, results, draw_blocking_figures, print_blocking)
+
+
+def _finish(run: RunDir, study: Study, results: dict, draw, show) -> Path:
+    """Plots, then results.json (last: its presence marks the run complete), then the table."""
     with run.timed("plots"):
-        draw_blocking_figures(results, run.file("plots"), _title(study))
-    print_blocking(cli.console, results, _title(study))
-    cli.console.print(f"run directory: {run.path}")
+        draw(results, run.file("plots"), _title(study))
+    run.write_json("results.json", results)
+    show(_cli().console, results, _title(study))
+    _cli().console.print(f"run directory: {run.path}")
     return run.path
 
 
@@ -371,44 +425,48 @@ def _common(study: Study, head_set: HeadSet, removal: Removal, n: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ amplify
-def amplify_stage(cfg: DictConfig) -> Path:
+def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> Path:
+    """Two sweeps, each batch by batch: the top heads at every α (`partial/amplify/`), then, at the best
+    α (from every batch of the first), random head sets on the settings batches (`partial/amplify_random/`,
+    reusing the first sweep's baselines)."""
+    from ..distributed import session
     from ..report.head_figures import draw_amplification_figures
+    from ..stages import start_run
 
     cli = _cli()
-    study = setup(cfg)
-    sweep, adapter = study.sweep, study.adapter
-    run = RunDir.create(cfg.output_dir, "amplify", cfg.model.name, cfg)
-    run.write_manifest(**study.manifest())
-    rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if study.head_set is None else None
-    eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
-    settings, controls = split_preps(eval_preps, sweep.settings)
-    names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
-    boot = {"n_boot": cfg.scoring.n_boot, "seed": cfg.seed}
-    with cli.progress() as bar:
-        with run.timed("rank"):
-            head_set = heads_for(study, run, rank_preps, study.removal(rank_preps) if rank_preps else None, bar)
-        removal = Removal("zero", sweep.positions)  # amplification only scales: this says where
-        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
-        arms = amplification_arms(head_set.top(n), sweep.alphas)
-        task = bar.add_task(f"amplifying (α = {', '.join(map(str, sweep.alphas))})",
-                            total=sum(len(p.batch) for p in eval_preps) + sum(arm_cost(a, settings, controls) for a in arms)
-                            + sweep.n_random * sum(len(p.batch) for p in settings))
-        step = lambda k: bar.advance(task, k)  # noqa: E731
-        with run.timed("sweep"):
-            base = dict(zip(map(id, eval_preps), baseline(adapter, eval_preps, step)))
-            rows = run_arms(adapter, arms, settings, controls, base, removal, step)
-            amp = summarise_amplification(rows, *names, **boot)
-            rand_arms = random_amplification_arms(head_set, n, amp["best_alpha"], sweep.n_random, cfg.seed)
-            rows += run_arms(adapter, rand_arms, settings, controls, base, removal, step)
-    run.write_table("samples.parquet", rows)
-    amp["random_at_best_alpha"] = summarise_random_amplification(rows, names[0], **boot)
-    results = {**_common(study, head_set, removal, n), "amplification": amp}
-    run.write_json("results.json", results)
-    with run.timed("plots"):
-        draw_amplification_figures(results, run.file("plots"), _title(study))
-    print_amplification(cli.console, results, _title(study))
-    cli.console.print(f"run directory: {run.path}")
-    return run.path
+    with session() as ranks:
+        study = setup(cfg, ranks)
+        sweep, adapter = study.sweep, study.adapter
+        manifest = study.manifest()
+        run = start_run(cfg, "amplify", resume, ranks, manifest.pop("dataset_fingerprint"), **manifest)
+        rank_preps = prepare(adapter, study.rank_samples(), cfg.batch_size) if study.head_set is None else None
+        eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
+        settings, _ = split_preps(eval_preps, sweep.settings)
+        names = [c.value for c in sweep.settings], [c.value for c in sweep.controls]
+        boot = {"n_boot": cfg.scoring.n_boot, "seed": cfg.seed}
+        with cli.progress(ranks.main) as bar:
+            with run.timed("rank"):
+                head_set = heads_for(study, run, ranks, rank_preps, study.removal(rank_preps) if rank_preps else None, bar)
+            removal = Removal("zero", sweep.positions)  # amplification only scales: this says where
+            n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+            arms = amplification_arms(head_set.top(n), sweep.alphas)
+            with run.timed("sweep"):
+                saved = sweep_units(study, run, ranks, "amplify", eval_preps, arms, removal, bar,
+                                    f"amplifying (α = {', '.join(map(str, sweep.alphas))})", everyone=True)
+                rows = arm_major(saved, eval_preps, sweep.settings)
+                amp = summarise_amplification(rows, *names, **boot)  # on every rank: the best α picks the next sweep
+                rand_arms = random_amplification_arms(head_set, n, amp["best_alpha"], sweep.n_random, cfg.seed)
+                where = {id(p): i for i, p in enumerate(eval_preps)}
+                bases = [saved[where[id(p)]]["base"] for p in settings]
+                rand = sweep_units(study, run, ranks, "amplify_random", settings, rand_arms, removal, bar,
+                                   f"random heads at α = {amp['best_alpha']}", base_of=lambda i: bases[i])
+        if not ranks.main:
+            return run.path
+        rows += arm_major(rand, settings, sweep.settings)
+        run.write_table("samples.parquet", rows)
+        amp["random_at_best_alpha"] = summarise_random_amplification(rows, names[0], **boot)
+        results = {**_common(study, head_set, removal, n), "amplification": amp}
+        return _finish(run, study, results, draw_amplification_figures, print_amplification)
 
 
 # ------------------------------------------------------------------------------------ run (the chain)
