@@ -21,8 +21,10 @@ from rich.table import Table
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
-console = Console()
-err_console = Console(stderr=True)
+# Piped into a log (CI, `| tee`), rich would fold the result tables to 80 columns ("befo…"): give them room.
+_WIDTH = None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 140
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. model=llava_tiny data.limit=32")
 PRINT_CFG = typer.Option(False, "--cfg", help="Print the composed config and exit.")
