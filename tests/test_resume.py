@@ -185,3 +185,31 @@ def test_amplify_resumes_both_sweeps_from_the_batches_a_crash_left(tmp_path):
         assert pq.read_table(crashed / table).to_pylist() == pq.read_table(whole / table).to_pylist(), table
     for name in ("results.json", "heads.json"):
         assert json.loads((crashed / name).read_text()) == json.loads((whole / name).read_text()), name
+
+
+def test_resume_refuses_a_heads_file_edited_since_the_run_started(tmp_path):
+    """Saved blocking batches were measured with the heads the run started with: never mix in others."""
+    import shutil
+
+    from .test_cli import invoke as cli_invoke, only_run as only
+
+    base = ["model=llava_tiny", "data.n_items=12", "batch_size=2"]
+    sweep = ["sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
+    out = tmp_path / "out"
+    assert cli_invoke("rank-heads", *base, "sweep.methods=[dla]", f"output_dir={out}").exit_code == 0
+    mine = tmp_path / "mine.json"
+    shutil.copy(only(out, "rank-heads") / "heads.json", mine)
+    assert cli_invoke("ablate", *base, *sweep, "--heads", str(mine), f"output_dir={out}").exit_code == 0
+    run = only(out, "ablate")
+    (run / "results.json").unlink()  # as if it had crashed before the end
+    for p in sorted((run / "partial" / "ablate").glob("*.json"))[1:]:
+        p.unlink()
+    # every result file stays as it was (the manifest only logs the refused attempt in its resume history)
+    saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    edited = json.loads(mine.read_text())
+    edited["ranking"] = list(reversed(edited["ranking"]))
+    edited["heads"] = [[r["layer"], r["head"]] for r in edited["ranking"][: len(edited["heads"])]]
+    mine.write_text(json.dumps(edited))
+    result = cli_invoke("ablate", "--resume", str(run))
+    assert result.exit_code == 2 and "no longer holds the heads this run started with" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "manifest.json"} == saved

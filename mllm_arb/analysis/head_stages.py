@@ -291,9 +291,17 @@ def heads_for(study: Study, run: RunDir, ranks, rank_preps, removal, bar) -> Hea
     The ranking goes batch by batch through `partial/rank-<method>/` like rank-heads' (resumed, sharded);
     rank 0 builds the head set and every rank receives it."""
     if study.head_set is not None:
-        if ranks.main:
-            write_head_set(run.file(FILE_NAME), study.head_set)
-        return study.head_set
+        def keep() -> HeadSet:
+            saved = run.file(FILE_NAME)
+            # a resumed run's saved batches were measured with the heads it saved: a heads file edited since
+            # would mix two head sets in one table
+            if saved.exists() and read_head_set(saved).to_json() != study.head_set.to_json():
+                raise UserError(f"{study.sweep.heads_file} no longer holds the heads this run started with "
+                                f"({saved}); start a new run instead of resuming")
+            write_head_set(saved, study.head_set)
+            return study.head_set
+
+        return ranks.share(keep)
     per_sample = unit_scores(study, (study.sweep.rank_method,), rank_preps, removal, run, ranks, bar)
 
     def make() -> HeadSet:
