@@ -116,6 +116,11 @@ class Study:
     def eval_samples(self) -> list[Sample]:
         return render(self.cfg, self.eval_items, (*self.sweep.settings, *self.sweep.controls))
 
+    def provenance(self) -> dict:
+        """What every head stage's results.json opens with: the model, its shape, the data and the splits."""
+        return {"model": self.adapter.name, "dataset_fingerprint": self.fingerprint, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "n_rank_items": len(self.rank_items), "n_eval_items": len(self.eval_items)}
+
     def manifest(self) -> dict:
         return {"dataset_fingerprint": self.fingerprint, "model_source": str(self.cfg.model.path),
                 "n_rank_items": len(self.rank_items), "n_eval_items": len(self.eval_items),
@@ -238,12 +243,7 @@ def unit_scores(study: Study, methods, rank_preps: list[Prepared], removal: Remo
 def ranking_results(study: Study, ranking: Ranking) -> dict:
     n = len(ranking.head_set.heads)
     return {
-        "model": study.adapter.name,
-        "dataset_fingerprint": study.fingerprint,
-        "n_layers": study.n_layers,
-        "n_heads": study.n_heads,
-        "n_rank_items": len(study.rank_items),
-        "n_eval_items": len(study.eval_items),
+        **study.provenance(),
         "rank_method": study.sweep.rank_method,
         "rank_by": study.sweep.rank_by,
         "ablation": study.sweep.ablation,
@@ -412,12 +412,7 @@ def _finish(run: RunDir, study: Study, results: dict, draw, show) -> Path:
 
 def _common(study: Study, head_set: HeadSet, removal: Removal, n: int) -> dict:
     return {
-        "model": study.adapter.name,
-        "dataset_fingerprint": study.fingerprint,
-        "n_layers": study.n_layers,
-        "n_heads": study.n_heads,
-        "n_rank_items": len(study.rank_items),
-        "n_eval_items": len(study.eval_items),
+        **study.provenance(),
         "n_eval_items_dropped_overlap": study.n_overlap_dropped,
         "heads_source": study.sweep.heads_file or "ranked in this run",
         "heads_dataset_fingerprint": head_set.dataset_fingerprint,
