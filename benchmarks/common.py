@@ -103,6 +103,26 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: bool 
     return {k: min(v) for k, v in times.items()}
 
 
+def paired_ratio(base: Callable[[], object], other: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+    """(median over rounds of other's time / base's time in the same round, best base time, best other
+    time): each round times both back to back, in alternating order, so load from other processes that
+    comes and goes hits both sides of a ratio alike; the median ignores the rounds it hit unevenly."""
+    base(), other()  # warm-up
+    ratios, best = [], {"base": float("inf"), "other": float("inf")}
+    for round_ in range(rounds):
+        times = {}
+        for name in (("base", "other") if round_ % 2 == 0 else ("other", "base")):
+            start = time.perf_counter()
+            (base if name == "base" else other)()
+            times[name] = time.perf_counter() - start
+            best[name] = min(best[name], times[name])
+        ratios.append(times["other"] / times["base"])
+    ratios.sort()
+    middle = len(ratios) // 2
+    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    return median, best["base"], best["other"]
+
+
 def peak_bytes(fn: Callable[[], object]) -> int:
     """Peak of the bytes held by tensors allocated while `fn` runs, above what was held when it started
     (the running total torch's CPU allocator reports to the profiler)."""

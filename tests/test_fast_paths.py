@@ -1,6 +1,7 @@
 """Every optimised sweep against its straightforward path, on the tiny model of every family: prefix
-reuse (resuming a recorded pass at any layer), stacked variants, the batched head scan, the batched
-knockout sweep, and attribution-proposed exact verification. Same numbers within float tolerance."""
+reuse (resuming a recorded pass at any layer), suffix sweeps (recomputing only the positions an
+intervention can change), stacked variants, the batched head scan, the batched knockout sweep, and
+attribution-proposed exact verification. Same numbers within float tolerance."""
 
 import pytest
 import torch
@@ -111,6 +112,61 @@ def test_batched_head_scan_equals_one_forward_per_head(tiny, family):
     mean = Removal("mean", "instruction", head_means(adapter, preps, "instruction"))
     torch.testing.assert_close(ablation_scores(adapter, preps, mean, variants=adapter.parts.n_heads),
                                ablation_scores(adapter, preps, mean, fast=False), **TOL)
+    # at the last position only: a suffix sweep of one position (stacked by memory, and 3 per pass)
+    last = Removal("zero", "last")
+    naive = ablation_scores(adapter, preps, last, fast=False)
+    assert naive.abs().max() > 0
+    torch.testing.assert_close(ablation_scores(adapter, preps, last), naive, **TOL)
+    torch.testing.assert_close(ablation_scores(adapter, preps, last, variants=3), naive, **TOL)
+
+
+def _image_rows(batch):
+    image = batch.group_mask("image")
+    return [(int(m.nonzero()[0]), int(m.nonzero()[-1])) for m in image]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_suffix_sweep_equals_full_forwards_and_never_starts_inside_a_bidirectional_image(tiny, family):
+    """Edits from the middle of the first row's image on: causal families recompute from there; Gemma 3,
+    whose image positions see later ones in the same image, moves the start back to the image's first
+    position. Either way every variant equals its full forward, also when carried in groups of 2."""
+    adapter, preps = tiny(family)
+    batch, n_rows = preps[0].batch, len(preps[0].batch)
+    n_tok = batch.inputs["input_ids"].shape[1]
+    (first, end), *_ = _image_rows(batch)
+    middle = (first + end) // 2
+    touched = (torch.arange(n_tok) >= middle).expand(n_rows, n_tok)
+    run = PrefixRun(adapter, batch)
+    start = run.start_for(touched)
+    if family == "gemma3":
+        assert start <= min(f for f, _ in _image_rows(batch)) < middle
+    else:
+        assert start == middle
+    heads = [(0, 0), (1, 1), (0, 1)]
+    cut = touched[:, start:]
+
+    def intervene(js):
+        return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads([heads[j]], 0.0, variant_rows(n_rows, len(js), v, cut))])
+
+    for per_pass, group_size in ((None, None), (2, 2)):
+        done = []
+        out = run.suffix_sweep([l for l, _ in heads], start, intervene, per_pass, done.append, group_size)
+        assert out.shape == (len(heads), n_rows, run.logits.shape[1]) and sum(done) == len(heads)
+        for j, head in enumerate(heads):
+            with edit_heads(adapter, scale_heads([head], 0.0, positions=touched)):
+                torch.testing.assert_close(out[j], adapter.last_logits(batch), **TOL)
+    assert not torch.allclose(out[0], run.logits)
+    with pytest.raises(ValueError, match="suffix starts"):
+        run.suffix_sweep([0], 0, intervene)
+
+
+def test_a_suffix_start_never_passes_the_last_position(tiny):
+    adapter, preps = tiny("llava")
+    batch = preps[0].batch
+    run = PrefixRun(adapter, batch)
+    nothing = torch.zeros(batch.inputs["input_ids"].shape, dtype=torch.bool)
+    assert run.start_for(nothing) == min(batch.last)
+    assert run.start_for(batch.group_mask("last")) == min(batch.last)
 
 
 def test_batched_head_scan_reports_the_same_progress(tiny):

@@ -139,7 +139,7 @@ def test_steer_heads_on_plain_model_and_head_records(loaded):
 
 
 # ------------------------------------------------------------------------------------------ knockout
-def _registered(name_part="mllm_arb_knockout_"):
+def _registered(name_part="mllm_arb_attention_"):
     return [k for k in (*AttentionInterface._global_mapping, *AttentionMaskInterface._global_mapping) if name_part in k]
 
 
@@ -152,7 +152,7 @@ def test_empty_knockout_is_identity_and_restores(loaded, family, impl):
     vision_impl = vision_cfg._attn_implementation
     base = logits(adapter, batch)
     with knock_out(adapter, batch, [], layers=range(adapter.parts.n_layers)) as blocked:
-        assert text_cfg._attn_implementation.startswith("mllm_arb_knockout_")
+        assert text_cfg._attn_implementation.startswith("mllm_arb_attention_")
         assert vision_cfg._attn_implementation == vision_impl, "the vision tower keeps its attention"
         assert not blocked.any()
         assert torch.equal(logits(adapter, batch), base)

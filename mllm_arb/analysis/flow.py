@@ -124,34 +124,49 @@ def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tu
 
 def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, variants: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`_knockout_naive` from one recorded pass: variants whose windows start at the same layer run
-    stacked, resumed from that layer's input; an edge that blocks nothing in the batch (a group the
-    prompts lack) leaves the plain pass's log-odds, with no pass at all."""
+    stacked, resumed from that layer's input and from their edge's first target position (edges into
+    `last` recompute one position); an edge that blocks nothing in the batch (a group the prompts lack)
+    leaves the plain pass's log-odds, with no pass at all."""
     run = PrefixRun(adapter, batch)
     base = binary_scores(run.logits, ids)[0]
-    n_rows = len(batch)
-    per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
+    n_rows, n_tok = len(batch), batch.inputs["input_ids"].shape[1]
     masks = {edge: knockout_mask(batch, [edge]) for edge in dict.fromkeys(e for e, _, _ in todo)}
+    # positions before an edge's first target row keep their plain values: a suffix sweep from there
+    starts = {edge: run.start_for(mask.any(-1)) for edge, mask in masks.items()}
     after: list[torch.Tensor | None] = [None] * len(todo)
-    by_start: dict[int, list[int]] = defaultdict(list)
+    by_layer: dict[int, list[int]] = defaultdict(list)  # full resumes, by first layer
+    by_start: dict[int, list[int]] = defaultdict(list)  # suffix sweeps, by first position
     for j, (edge, _, layers) in enumerate(todo):
-        if masks[edge].any():
-            by_start[min(layers)].append(j)
-        else:
+        if not masks[edge].any():
             after[j] = base
-    skipped = len(todo) - sum(map(len, by_start.values()))
+        elif starts[edge]:
+            by_start[starts[edge]].append(j)
+        else:
+            by_layer[min(layers)].append(j)
+    skipped = sum(a is not None for a in after)
     if on_step and skipped:
         on_step(n_rows * skipped)
-    for layer, hidden in run.states(stop=max(by_start, default=-1) + 1):
-        group = by_start.get(layer, [])
-        for start in range(0, len(group), per_pass):
-            chunk = group[start : start + per_pass]
-            block = torch.cat([masks[todo[j][0]] for j in chunk])
-            row_layers = [todo[j][2] for j in chunk for _ in range(n_rows)]
-            with knock_out_rows(adapter, block, row_layers):
-                logits = run.resume(layer, hidden, len(chunk))
-            log_odds = binary_scores(logits, list(ids) * len(chunk))[0].view(len(chunk), n_rows)
-            for v, j in enumerate(chunk):
-                after[j] = log_odds[v]
+
+    def intervene(js):
+        block = torch.cat([masks[todo[j][0]] for j in js])
+        return knock_out_rows(adapter, block, [todo[j][2] for j in js for _ in range(n_rows)])
+
+    def record(js, logits):
+        log_odds = binary_scores(logits, list(ids) * len(js))[0].view(len(js), n_rows)
+        for v, j in enumerate(js):
+            after[j] = log_odds[v]
+
+    done = (lambda k: on_step(n_rows * k)) if on_step else None
+    for position, group in by_start.items():
+        logits = run.suffix_sweep([min(todo[j][2]) for j in group], position, lambda js, g=group: intervene([g[j] for j in js]), variants, done)
+        record(group, logits.flatten(0, 1))
+    per_pass = variants or max_variants(adapter, n_tok)
+    for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
+        group = by_layer.get(layer, [])
+        for first in range(0, len(group), per_pass):
+            chunk = group[first : first + per_pass]
+            with intervene(chunk):
+                record(chunk, run.resume(layer, hidden, len(chunk)))
             if on_step:
                 on_step(n_rows * len(chunk))
     return base, after

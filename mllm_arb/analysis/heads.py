@@ -186,6 +186,9 @@ def exact_drops(
     run = PrefixRun(adapter, batch)
     base = binary_scores(run.logits, prep.ids)[0].cpu()
     where = position_mask(batch, removal.positions)
+    position = run.start_for(where)
+    if position:  # removal at the last or the instruction positions only: earlier ones stay as they were
+        return base[:, None] - _suffix_log_odds(adapter, run, prep, removal, heads, where, position, on_step, variants)
     per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
     by_layer: dict[int, list[int]] = {}
     for j, (l, _) in enumerate(heads):
@@ -203,6 +206,19 @@ def exact_drops(
             if on_step:
                 on_step(n_rows * len(chunk))
     return out
+
+
+def _suffix_log_odds(adapter, run: PrefixRun, prep: Prepared, removal: Removal, heads: Sequence[Head], where: torch.Tensor,
+                     position: int, on_step: OnStep, variants: int | None) -> torch.Tensor:
+    """`[B, len(heads)]` log-odds with each head removed, by a suffix sweep from `position` on."""
+    n_rows, cut = len(prep.batch), where[:, position:]
+
+    def intervene(js):
+        return edit_heads(adapter, [removal.edit(heads[j], variant_rows(n_rows, len(js), v, cut)) for v, j in enumerate(js)])
+
+    done = (lambda k: on_step(n_rows * k)) if on_step else None
+    logits = run.suffix_sweep([l for l, _ in heads], position, intervene, variants, on_done=done)
+    return binary_scores(logits.flatten(0, 1), list(prep.ids) * len(heads))[0].cpu().view(len(heads), n_rows).T
 
 
 def attribution_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:

@@ -10,26 +10,18 @@ implementation; the previous text implementation is restored on exit, also when 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from ..errors import UserError
-from .knockout import _set_text_attention, eager_attention_of
-
-_PREFIX = "mllm_arb_record_"
-_counter = itertools.count()
+from .attention_interface import eager_attention_of, text_attention
 
 
 @contextmanager
 def record_attention_weights(adapter) -> Iterator[dict[int, torch.Tensor]]:
     """Yields `{layer: [B, H, T_q, T_k] attention weights}`, filled by each forward pass in the block."""
-    model = adapter.model
-    before = model.config.get_text_config()._attn_implementation
     weights: dict[int, torch.Tensor] = {}
 
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
@@ -40,15 +32,5 @@ def record_attention_weights(adapter) -> Iterator[dict[int, torch.Tensor]]:
         weights[int(layer)] = w
         return out, w
 
-    name = f"{_PREFIX}{next(_counter)}"
-    AttentionInterface.register(name, attention)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    try:
-        _set_text_attention(model, name)
-        try:
-            yield weights
-        finally:
-            _set_text_attention(model, before)
-    finally:
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+    with text_attention(adapter.model, attention, mask_impl="eager", root_impl="eager"):
+        yield weights

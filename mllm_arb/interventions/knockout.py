@@ -1,41 +1,22 @@
 """Attention knockout: forbid target positions to attend to source positions in chosen decoder layers.
 
-How (and why this way): the knockout edits the mask the model itself built, inside the attention call,
-so whatever the family put in it survives untouched: Gemma 3's bidirectional attention inside images,
-sliding windows, padding, and Qwen2-VL's 3-D rotary positions (which a hand-made 4-D mask would
-break). Concretely, for the duration of the block:
-
-1. an attention function wrapping the text model's configured implementation (eager or sdpa) is
-   registered under a fresh name in transformers' `AttentionInterface`; in the chosen layers
-   (`module.layer_idx`) it ANDs the knockout into the mask it receives, elsewhere it passes through;
-2. the same name is registered in the mask registry (`AttentionMaskInterface`), pointing at the
-   wrapped implementation's mask builder: a name the mask registry does not know gets *no mask at all*
-   (causal and padding masking would silently vanish);
-3. only the text model's attention implementation is switched to that name (the vision tower keeps
-   its own), and the previous one is restored on exit, also when the block raises.
+How (and why this way): the knockout edits the mask the model itself built, inside the attention call
+(`attention_interface.wrap_text_attention`), so whatever the family put in it survives untouched:
+Gemma 3's bidirectional attention inside images, sliding windows, padding, and Qwen2-VL's 3-D rotary
+positions (which a hand-made 4-D mask would break). In the chosen layers (`module.layer_idx`) the
+wrapper ANDs the knockout into the mask it receives; elsewhere it passes straight through.
 """
 
 from __future__ import annotations
 
-import itertools
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..errors import UserError
 from ..models.adapter import GROUPS, Batch
-
-#: implementations a knockout can wrap: their masks are plain tensors we can edit
-WRAPPABLE = ("eager", "sdpa")
-_PREFIX = "mllm_arb_knockout_"  # must not contain "sdpa": transformers would run sdpa dispatch checks on it
-_counter = itertools.count()
-#: registered knockout name -> the plain implementation at the bottom of its chain (for nested knockouts)
-_ROOT_IMPL: dict[str, str] = {}
+from .attention_interface import wrap_text_attention
 
 
 def default_window_size(n_layers: int) -> int:
@@ -77,12 +58,10 @@ def knockout_mask(batch: Batch, edges: Sequence[tuple[str, str]]) -> torch.Tenso
 
 
 class _Knockout:
-    """The state one knockout block registers: what to block, in which layers per row, and what it wraps."""
+    """What one knockout block blocks, in which layers per row, and the plain implementation it ends in."""
 
-    def __init__(self, name: str, base_impl: str, block: torch.Tensor, row_layers: Sequence[frozenset[int]]) -> None:
-        self.name = name
-        self.base_impl = base_impl
-        self.root_impl = _ROOT_IMPL.get(base_impl, base_impl)
+    def __init__(self, block: torch.Tensor, row_layers: Sequence[frozenset[int]]) -> None:
+        self.root_impl = "sdpa"  # set on entering the block, before any forward pass
         self.block = block
         self.row_layers = row_layers
         self.active = bool(block.any())  # an empty knockout leaves every call exactly as it was
@@ -96,16 +75,7 @@ class _Knockout:
             return None
         return self.block if rows.all() else self.block & rows[:, None, None]
 
-    # ------------------------------------------------------------------ dispatch
-    def base_attention(self, module):
-        return eager_attention_of(module) if self.base_impl == "eager" else ALL_ATTENTION_FUNCTIONS[self.base_impl]
-
-    def mask(self, *args, **kwargs):
-        """Mask building is the wrapped implementation's own, untouched (edits happen per layer)."""
-        return ALL_MASK_ATTENTION_FUNCTIONS[self.base_impl](*args, **kwargs)
-
-    def attention(self, module, query, key, value, attention_mask, *args, **kwargs):
-        base = self.base_attention(module)
+    def attention(self, base, module, query, key, value, attention_mask, *args, **kwargs):
         block = self.block_at(getattr(module, "layer_idx", None))
         if block is not None:
             attention_mask = self.edit(block, module, query, key, attention_mask, kwargs)
@@ -148,36 +118,6 @@ class _Knockout:
         return torch.where(blocked, torch.finfo(attention_mask.dtype).min, attention_mask)
 
 
-def eager_attention_of(module):
-    """The eager attention function of `module`'s model file.
-
-    "eager" is no registry entry: each model file defines its own `eager_attention_forward` (Gemma's
-    adds softcapping), the one its attention class falls back to.
-    """
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if fn is None:
-        raise UserError(f"{type(module).__name__}: no eager_attention_forward in {type(module).__module__}")
-    return fn
-
-
-def _text_config_key(model) -> str | None:
-    """The sub-config key of the text model (None when the model's own config is the text config)."""
-    text_cfg = model.config.get_text_config()
-    if text_cfg is model.config:
-        return None
-    for key in model.config.sub_configs:
-        if getattr(model.config, key, None) is text_cfg:
-            return key
-    raise UserError(f"{type(model).__name__}: cannot tell which sub-config is the text model's")
-
-
-def _set_text_attention(model, impl: str) -> None:
-    key = _text_config_key(model)
-    model.set_attn_implementation(impl if key is None else {key: impl})
-    if model.config.get_text_config()._attn_implementation != impl:
-        raise UserError(f"{type(model).__name__}: could not switch the text model's attention to {impl!r}")
-
-
 @contextmanager
 def knock_out(adapter, batch: Batch, edges: Sequence[tuple[str, str]], layers: Iterable[int]) -> Iterator[torch.Tensor]:
     """Within the block, rows of group `dst` may not attend to columns of group `src` for every edge
@@ -208,25 +148,7 @@ def knock_out_rows(adapter, block: torch.Tensor, row_layers: Sequence[Iterable[i
         # The attention function only sees the attention module; its `layer_idx` must be the layer's index.
         if getattr(layer.self_attn, "layer_idx", None) != i:
             raise UserError(f"{type(layer.self_attn).__name__} of layer {i} does not carry layer_idx={i}")
-    base_impl = model.config.get_text_config()._attn_implementation
-    if base_impl not in WRAPPABLE and base_impl not in _ROOT_IMPL:
-        raise UserError(
-            f"attention knockout needs eager or sdpa attention, not {base_impl!r}; "
-            "load the model with attn_implementation='sdpa' (or 'eager' for attention weights)"
-        )
-    name = f"{_PREFIX}{next(_counter)}"
-    ko = _Knockout(name, base_impl, block, row_layers)
-    AttentionInterface.register(name, ko.attention)
-    AttentionMaskInterface.register(name, ko.mask)
-    _ROOT_IMPL[name] = ko.root_impl
-    try:
-        _set_text_attention(model, name)
-        try:
-            yield
-        finally:
-            _set_text_attention(model, base_impl)
-    finally:
-        # `register` writes the class-wide mapping; unregistering is removing the entry from it again.
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
-        _ROOT_IMPL.pop(name, None)
+    ko = _Knockout(block, row_layers)
+    with wrap_text_attention(model, ko.attention, "attention knockout") as root:
+        ko.root_impl = root
+        yield

@@ -12,16 +12,30 @@ intervention registers inside the layers (head edits, knockout's attention funct
 Variants are stacked along the batch: `resume(l, hidden, n_variants=V)` tiles the layer-l input and every
 per-row keyword tensor V times, variant-major (rows `v*B .. v*B + B - 1` are variant v), so one pass runs V
 interventions whose edits address different row blocks (see `variant_rows`).
+
+Suffix sweeps: an intervention that touches only positions `s..` (a knockout of edges into `last` or the
+instruction, a head edit at the last position) leaves every earlier position as it was in every layer,
+because no earlier position attends to a later one. `suffix_sweep` runs the model's own layers on
+positions `s..` alone, and an attention wrapper puts the plain pass's keys and values of positions `< s`
+in front of theirs, with the model's own mask cut to those query rows. It walks the layers once, in step
+with a plain pass that yields each layer's keys and values when they are needed (one layer's at a time,
+not a whole cache), and carries every variant's suffix from its first layer to the last. `start_for`
+picks `s` and moves it back wherever the mask lets an earlier position see a later one (Gemma 3's
+bidirectional attention inside an image), so the result is the full resume's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack
 
 import torch
 
 from ..models.adapter import Batch
+from .attention_interface import root_implementation, text_implementation, wrap_text_attention
+
+#: layer keyword arguments that carry the sequence, and the dimension it is on
+_SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1}
 
 
 def _tile(value, n_rows: int, times: int, memo: dict):
@@ -62,20 +76,47 @@ def variant_rows(n_rows: int, n_variants: int, variant: int, where: torch.Tensor
     return out
 
 
+def _cut(value, key: str, start: int, n_tok: int):
+    """Layer keyword argument `value` (named `key`) for query positions `start..` only."""
+    if isinstance(value, torch.Tensor):
+        dim = _SEQUENCE_DIMS.get(key)
+        if dim is not None and value.ndim >= -dim and value.shape[dim] == n_tok:
+            return value.narrow(dim, start, n_tok - start)
+        if value.ndim and n_tok in value.shape[1:]:
+            raise ValueError(f"decoder-layer argument {key!r} of shape {tuple(value.shape)} may run along the sequence")
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(v, key, start, n_tok) for v in value)
+    if isinstance(value, dict):
+        raise ValueError(f"decoder-layer argument {key!r} is a mapping")
+    return value
+
+
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    """Where a boolean or additive attention mask lets a query see a key."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
 class PrefixRun:
     """One plain forward pass over `batch`, recorded so that later passes can start at any layer.
 
     `logits` are the plain pass's `[B, V]` last-position logits (`adapter.last_logits`). `states()`
-    yields each layer's input in turn; `resume(layer, hidden, V)` finishes the pass from there.
+    yields each layer's input in turn; `resume(layer, hidden, V)` finishes the pass from there, and
+    `suffix_sweep` runs many variants that touch only positions `start..` (see the module docstring).
     """
 
     def __init__(self, adapter, batch: Batch) -> None:
+        self.adapter = adapter
+        self.model = adapter.model
         self.parts = adapter.parts
         self.n_rows = len(batch)
+        self.n_tokens = int(batch.inputs["input_ids"].shape[1])
         self.last = torch.tensor(batch.last, device=adapter.device)
         n_layers = self.parts.n_layers
         self._calls: list[dict | None] = [None] * n_layers
         self._first: torch.Tensor | None = None
+        self._root_impl = root_implementation(text_implementation(self.model))
+        self._reach: torch.Tensor | None = None
 
         def record(index: int):
             def hook(module, args, kwargs):
@@ -103,9 +144,50 @@ class PrefixRun:
     def n_layers(self) -> int:
         return self.parts.n_layers
 
+    # ------------------------------------------------------------------ where a suffix may start
+    def _furthest_keys(self) -> torch.Tensor:
+        """`[T]`: the furthest key any query at or before position t may see in any layer and row;
+        all `T - 1` (no suffix possible) when some layer's arguments cannot be cut to a suffix."""
+        n = self.n_tokens
+        reach = torch.arange(n)  # a causal mask, and sdpa's shortcut for one (no mask)
+        nowhere = torch.full((n,), n - 1)
+        for kwargs in self._calls:
+            try:
+                for key, value in kwargs.items():
+                    _cut(value, key, 0, n)
+            except ValueError:
+                return nowhere
+            mask = kwargs.get("attention_mask")
+            if mask is None:
+                continue
+            if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[-2:] != (n, n):
+                return nowhere
+            seen = _allowed(mask).any(0).any(0).cpu()  # [T_q, T_k]
+            columns = torch.arange(n).expand(n, n)
+            reach = torch.maximum(reach, torch.where(seen, columns, -1).amax(1))
+        return torch.cummax(reach, 0).values
+
+    def start_for(self, touched: torch.Tensor) -> int:
+        """The first position a suffix sweep must recompute when an intervention touches only the
+        `[N, T]` positions `touched` (rows of a stack or of the batch): the first touched position,
+        at most the first last position, moved back until no earlier position sees a later one."""
+        hit = touched.any(0).nonzero()
+        start = min(int(hit[0]) if len(hit) else self.n_tokens, int(self.last.min()))
+        if start and self._reach is None:
+            self._reach = self._furthest_keys()
+        while start > 0 and int(self._reach[start - 1]) >= start:
+            start -= 1
+        return start
+
+    # ------------------------------------------------------------------ running layers
     def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         out = self.parts.layers[index](hidden, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
+
+    def _logits(self, hidden: torch.Tensor, n_variants: int, start: int = 0) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, (self.last.to(hidden.device) - start).repeat(n_variants)]
+        return self.parts.unembed(self.parts.final_norm(last)).float()
 
     @torch.no_grad()
     def states(self, stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -126,23 +208,149 @@ class PrefixRun:
         h = _tile(hidden, self.n_rows, n_variants, memo)
         for index in range(layer, self.n_layers):
             h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo))
-        rows = torch.arange(h.shape[0], device=h.device)
-        last = h[rows, self.last.to(h.device).repeat(n_variants)]
-        return self.parts.unembed(self.parts.final_norm(last)).float()
+        return self._logits(h, n_variants)
+
+    @torch.no_grad()
+    def suffix_sweep(
+        self, first_layers: Sequence[int], start: int, intervene: Callable[[Sequence[int]], AbstractContextManager],
+        per_pass: int | None = None, on_done: Callable[[int], None] | None = None, group_size: int | None = None,
+    ) -> torch.Tensor:
+        """`[n, B, vocab]` last-position logits of `n` variants that touch only positions `start..` (from
+        `start_for`), variant j acting from layer `first_layers[j]` on.
+
+        Layers run on positions `start..` alone, `per_pass` variants stacked along the batch (default:
+        as memory allows, `max_variants`); `intervene(js)` is entered around each stacked pass and must
+        apply variants `js` to its row blocks, in that order (as for `resume`). The plain pass that
+        yields each layer's keys and values runs alongside; variants are carried from their first
+        layer in groups whose suffixes together take about what one plain pass's activations take,
+        so memory stays about a plain pass's (or of `group_size`). `on_done(k)` reports k variants finished.
+        """
+        n_tok = self.n_tokens
+        if not 0 < start <= int(self.last.min()):
+            raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {start}")
+        d = self._first.shape[-1]
+        per_pass = per_pass or max_variants(self.adapter, n_tok, n_tok - start)
+        room = group_size or max(per_pass, _plain_pass_size(self.adapter, n_tok) // (2 * (n_tok - start) * d))
+        calls = self._suffix_calls(start)
+        order = sorted(range(len(first_layers)), key=lambda j: first_layers[j])
+        out: list[torch.Tensor | None] = [None] * len(first_layers)
+        for group in (order[i : i + room] for i in range(0, len(order), room)):
+            for j, logits in self._sweep_group(group, first_layers, start, calls, intervene, per_pass):
+                out[j] = logits
+            if on_done:
+                on_done(len(group))
+        return torch.stack(out)
+
+    def _sweep_group(self, group, first_layers, start, calls, intervene, per_pass):
+        """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
+        kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def keep(base, module, query, key, value, *args, **kwargs):
+            kept["kv"] = (key, value)
+            return base(module, query, key, value, *args, **kwargs)
+
+        def prepend(n_variants: int):
+            def joined(earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+                # one allocation: the plain pass's positions `< start`, the same for every variant, then the suffix's
+                rows, heads, n_later, dim = later.shape
+                out = later.new_empty(rows, heads, start + n_later, dim)
+                out.view(n_variants, rows // n_variants, heads, start + n_later, dim)[..., :start, :] = earlier[:, :, :start]
+                out[:, :, start:] = later
+                return out
+
+            def wrapper(base, module, query, key, value, *args, **kwargs):
+                earlier_key, earlier_value = kept["kv"]
+                return base(module, query, joined(earlier_key, key), joined(earlier_value, value), *args, **kwargs)
+
+            return wrapper
+
+        suffix: dict[int, torch.Tensor] = {}  # variant -> its `[B, T - start, d]` state
+        waiting = list(group)
+        hidden = self._first
+        for index in range(self.n_layers):
+            if index < first_layers[group[0]]:
+                hidden = self._layer(index, hidden, self._calls[index])
+                continue
+            with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
+                following = self._layer(index, hidden, self._calls[index])
+            while waiting and first_layers[waiting[0]] == index:
+                suffix[waiting.pop(0)] = hidden[:, start:]
+            active = list(suffix)
+            for first in range(0, len(active), per_pass):
+                chunk = active[first : first + per_pass]
+                h = torch.cat([suffix[j] for j in chunk])
+                memo: dict = {}
+                with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk)), "a suffix sweep"):
+                    h = self._layer(index, h, _tile(calls[index], self.n_rows, len(chunk), memo))
+                for v, j in enumerate(chunk):
+                    suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
+            kept.clear()
+            hidden = following
+        for j, h in suffix.items():
+            yield j, self._logits(h, 1, start)
+
+    def _suffix_calls(self, start: int) -> list[dict]:
+        """Every layer's keyword arguments cut to query positions `start..` (masks: their query rows)."""
+        memo: dict = {}  # one cut per shared argument, so that stacking tiles it once too
+        causal = None
+        calls = []
+        for kwargs in self._calls:
+            kwargs = dict(kwargs)
+            if kwargs.get("attention_mask") is None:
+                causal = self._causal_mask() if causal is None else causal
+                kwargs["attention_mask"] = causal
+            for k, v in kwargs.items():
+                if (id(v), k) not in memo:
+                    memo[(id(v), k)] = _cut(v, k, start, self.n_tokens)
+            calls.append({k: memo[(id(v), k)] for k, v in kwargs.items()})
+        return calls
+
+    def _causal_mask(self) -> torch.Tensor:
+        """What sdpa's causal shortcut (no mask) stands for, as a mask whose rows can be cut."""
+        like = self._first
+        allowed = torch.ones(self.n_tokens, self.n_tokens, dtype=torch.bool, device=like.device).tril()[None, None]
+        if self._root_impl == "eager":  # eager adds its mask
+            return torch.where(allowed, 0.0, torch.finfo(like.dtype).min).to(like.dtype)
+        return allowed
 
 
-def max_variants(adapter, n_tokens: int) -> int:
-    """How many variants to stack in one resumed pass so that its transient memory stays about that of
-    one plain pass over the same rows.
-
-    Per row and token, a plain pass's largest live activations are the full-sequence logits, the MLP's
-    intermediates and the attention scores; a resumed pass computes logits at the last position only,
-    so the room the logits took holds `plain / resumed` stacked variants (at least one).
-    """
+def _sizes(adapter) -> tuple[int, int, int]:
+    """(hidden size, MLP width, key-value width) of the text model."""
     text = adapter.model.config.get_text_config()
     parts = adapter.parts
     d = int(getattr(text, "hidden_size", parts.n_heads * parts.head_dim))
     ffn = int(getattr(text, "intermediate_size", None) or 4 * d)
-    vocab = int(parts.unembed.out_features)
-    resumed = 3 * ffn + 4 * d + parts.n_heads * n_tokens
-    return max(1, (vocab + resumed) // resumed)
+    kv = int(getattr(text, "num_key_value_heads", None) or parts.n_heads) * parts.head_dim
+    return d, ffn, kv
+
+
+def _plain_pass_size(adapter, n_tokens: int) -> int:
+    """Floats per row that a plain pass's largest live activations take: the full-sequence logits, the
+    MLP's intermediates and the attention scores, per token."""
+    d, ffn, _ = _sizes(adapter)
+    return n_tokens * (int(adapter.parts.unembed.out_features) + 3 * ffn + 4 * d + adapter.parts.n_heads * n_tokens)
+
+
+#: the share of a plain pass's activations a suffix sweep's stacked pass may take: the sweep also holds
+#: the plain pass's layer input and output, one layer's keys and values, and its variants' suffixes
+SUFFIX_SHARE = 0.8
+
+
+def max_variants(adapter, n_tokens: int, n_queries: int | None = None) -> int:
+    """How many variants to stack in one resumed pass so that its transient memory stays about that of
+    one plain pass over the same rows (at least one).
+
+    A resumed pass computes logits at the last position only, so the room the full-sequence logits took
+    holds more variants. A suffix sweep (`n_queries` < `n_tokens` positions) computes the activations of
+    its queries alone, but joins every position's keys and values per layer (and attention may repeat
+    them for grouped heads); it gets `SUFFIX_SHARE` of the room.
+    """
+    d, ffn, kv = _sizes(adapter)
+    parts = adapter.parts
+    n_queries = n_tokens if n_queries is None else n_queries
+    per_token = 3 * ffn + 4 * d + parts.n_heads * n_tokens
+    room = _plain_pass_size(adapter, n_tokens)
+    if n_queries == n_tokens:
+        return max(1, room // (n_tokens * per_token))
+    resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * parts.head_dim)
+    return max(1, int(SUFFIX_SHARE * room) // resumed)
