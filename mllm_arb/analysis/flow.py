@@ -123,10 +123,11 @@ def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tu
 
 
 def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, variants: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`_knockout_naive` from one recorded pass: variants whose windows start at the same layer run
-    stacked, resumed from that layer's input and from their edge's first target position (edges into
-    `last` recompute one position); an edge that blocks nothing in the batch (a group the prompts lack)
-    leaves the plain pass's log-odds, with no pass at all."""
+    """`_knockout_naive` from one recorded pass. An edge whose first target row comes after the first
+    position (into the context, the instruction, `last`) recomputes only the positions from there on,
+    in one suffix sweep for all of them (edges into `last` recompute one position); the others resume
+    at their window's first layer, variants with the same first layer stacked. An edge that blocks
+    nothing in the batch (a group the prompts lack) leaves the plain pass's log-odds, with no pass at all."""
     run = PrefixRun(adapter, batch)
     base = binary_scores(run.logits, ids)[0]
     n_rows, n_tok = len(batch), batch.inputs["input_ids"].shape[1]
@@ -135,12 +136,12 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
     starts = {edge: run.start_for(mask.any(-1)) for edge, mask in masks.items()}
     after: list[torch.Tensor | None] = [None] * len(todo)
     by_layer: dict[int, list[int]] = defaultdict(list)  # full resumes, by first layer
-    by_start: dict[int, list[int]] = defaultdict(list)  # suffix sweeps, by first position
+    suffixes: list[int] = []  # one suffix sweep for the rest
     for j, (edge, _, layers) in enumerate(todo):
         if not masks[edge].any():
             after[j] = base
         elif starts[edge]:
-            by_start[starts[edge]].append(j)
+            suffixes.append(j)
         else:
             by_layer[min(layers)].append(j)
     skipped = sum(a is not None for a in after)
@@ -156,10 +157,11 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
         for v, j in enumerate(js):
             after[j] = log_odds[v]
 
-    done = (lambda k: on_step(n_rows * k)) if on_step else None
-    for position, group in by_start.items():
-        logits = run.suffix_sweep([min(todo[j][2]) for j in group], position, lambda js, g=group: intervene([g[j] for j in js]), variants, done)
-        record(group, logits.flatten(0, 1))
+    if suffixes:
+        done = (lambda k: on_step(n_rows * k)) if on_step else None
+        logits = run.suffix_sweep([min(todo[j][2]) for j in suffixes], [starts[todo[j][0]] for j in suffixes],
+                                  lambda js: intervene([suffixes[j] for j in js]), variants, done)
+        record(suffixes, logits.flatten(0, 1))
     per_pass = variants or max_variants(adapter, n_tok)
     for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
         group = by_layer.get(layer, [])

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import itertools
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -76,11 +77,28 @@ def _text_config_key(model) -> str | None:
     raise UserError(f"{type(model).__name__}: cannot tell which sub-config is the text model's")
 
 
+#: models whose text config is one object that every module of the text model reads: switching between
+#: implementations already checked on them is writing that config's attribute (transformers' own
+#: `set_attn_implementation` walks every module of the model each time: ~1 ms, per stacked pass)
+_SHARED_TEXT_CONFIG: weakref.WeakSet = weakref.WeakSet()
+
+
+def _text_config_is_shared(model) -> bool:
+    text_cfg = model.config.get_text_config()
+    owners = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.config is text_cfg]
+    return bool(owners) and all(getattr(m, "config", text_cfg) is text_cfg for o in owners for m in o.modules())
+
+
 def set_text_attention(model, impl: str) -> None:
+    if model in _SHARED_TEXT_CONFIG and (impl in WRAPPABLE or impl in _ROOT_IMPL):
+        model.config.get_text_config()._attn_implementation = impl
+        return
     key = _text_config_key(model)
     model.set_attn_implementation(impl if key is None else {key: impl})
     if text_implementation(model) != impl:
         raise UserError(f"{type(model).__name__}: could not switch the text model's attention to {impl!r}")
+    if _text_config_is_shared(model):
+        _SHARED_TEXT_CONFIG.add(model)
 
 
 @contextmanager

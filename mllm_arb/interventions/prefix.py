@@ -212,36 +212,41 @@ class PrefixRun:
 
     @torch.no_grad()
     def suffix_sweep(
-        self, first_layers: Sequence[int], start: int, intervene: Callable[[Sequence[int]], AbstractContextManager],
+        self, first_layers: Sequence[int], starts: Sequence[int] | int, intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None, group_size: int | None = None,
     ) -> torch.Tensor:
-        """`[n, B, vocab]` last-position logits of `n` variants that touch only positions `start..` (from
-        `start_for`), variant j acting from layer `first_layers[j]` on.
+        """`[n, B, vocab]` last-position logits of `n` variants, variant j touching only positions
+        `starts[j]..` (from `start_for`; one int: the same for all) and acting from layer `first_layers[j]` on.
 
-        Layers run on positions `start..` alone, `per_pass` variants stacked along the batch (default:
-        as memory allows, `max_variants`); `intervene(js)` is entered around each stacked pass and must
-        apply variants `js` to its row blocks, in that order (as for `resume`). The plain pass that
-        yields each layer's keys and values runs alongside; variants are carried from their first
-        layer in groups whose suffixes together take about what one plain pass's activations take,
-        so memory stays about a plain pass's (or of `group_size`). `on_done(k)` reports k variants finished.
+        Layers run on a variant's positions `start..` alone, variants with the same start stacked
+        along the batch, `per_pass` at a time (default: as memory allows, `max_variants`);
+        `intervene(js)` is entered around each stacked pass and must apply variants `js` to its row
+        blocks, in that order (as for `resume`). The plain pass that yields each layer's keys and values
+        runs alongside, once for all starts; variants are carried from their first layer in groups
+        whose suffixes together take about what one plain pass's activations take, so memory stays
+        about a plain pass's (or `group_size` variants a group). `on_done(k)` reports k variants finished.
         """
-        n_tok = self.n_tokens
-        if not 0 < start <= int(self.last.min()):
-            raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {start}")
+        n, n_tok = len(first_layers), self.n_tokens
+        starts = [starts] * n if isinstance(starts, int) else list(starts)
+        bad = sorted({s for s in starts if not 0 < s <= int(self.last.min())})
+        if bad:
+            raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {bad}")
         d = self._first.shape[-1]
-        per_pass = per_pass or max_variants(self.adapter, n_tok, n_tok - start)
-        room = group_size or max(per_pass, _plain_pass_size(self.adapter, n_tok) // (2 * (n_tok - start) * d))
-        calls = self._suffix_calls(start)
-        order = sorted(range(len(first_layers)), key=lambda j: first_layers[j])
-        out: list[torch.Tensor | None] = [None] * len(first_layers)
-        for group in (order[i : i + room] for i in range(0, len(order), room)):
-            for j, logits in self._sweep_group(group, first_layers, start, calls, intervene, per_pass):
+        room = _plain_pass_size(self.adapter, n_tok) // 2  # floats per row for the carried suffixes
+        order = sorted(range(n), key=lambda j: first_layers[j])
+        out: list[torch.Tensor | None] = [None] * n
+        while order:
+            group, size = [], 0
+            while order and (len(group) < group_size if group_size else (not group or size + (n_tok - starts[order[0]]) * d <= room)):
+                size += (n_tok - starts[order[0]]) * d
+                group.append(order.pop(0))
+            for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass):
                 out[j] = logits
             if on_done:
                 on_done(len(group))
         return torch.stack(out)
 
-    def _sweep_group(self, group, first_layers, start, calls, intervene, per_pass):
+    def _sweep_group(self, group, first_layers, starts, intervene, per_pass):
         """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -249,7 +254,7 @@ class PrefixRun:
             kept["kv"] = (key, value)
             return base(module, query, key, value, *args, **kwargs)
 
-        def prepend(n_variants: int):
+        def prepend(n_variants: int, start: int):
             def joined(earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
                 # one allocation: the plain pass's positions `< start`, the same for every variant, then the suffix's
                 rows, heads, n_later, dim = later.shape
@@ -264,6 +269,9 @@ class PrefixRun:
 
             return wrapper
 
+        n_tok = self.n_tokens
+        calls = {s: self._suffix_calls(s) for s in {starts[j] for j in group}}
+        passes = {s: per_pass or max_variants(self.adapter, n_tok, n_tok - s) for s in calls}
         suffix: dict[int, torch.Tensor] = {}  # variant -> its `[B, T - start, d]` state
         waiting = list(group)
         hidden = self._first
@@ -274,20 +282,22 @@ class PrefixRun:
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
                 following = self._layer(index, hidden, self._calls[index])
             while waiting and first_layers[waiting[0]] == index:
-                suffix[waiting.pop(0)] = hidden[:, start:]
-            active = list(suffix)
-            for first in range(0, len(active), per_pass):
-                chunk = active[first : first + per_pass]
-                h = torch.cat([suffix[j] for j in chunk])
-                memo: dict = {}
-                with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk)), "a suffix sweep"):
-                    h = self._layer(index, h, _tile(calls[index], self.n_rows, len(chunk), memo))
-                for v, j in enumerate(chunk):
-                    suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
+                j = waiting.pop(0)
+                suffix[j] = hidden[:, starts[j] :]
+            for start, per in passes.items():
+                active = [j for j in suffix if starts[j] == start]
+                for first in range(0, len(active), per):
+                    chunk = active[first : first + per]
+                    h = torch.cat([suffix[j] for j in chunk])
+                    memo: dict = {}
+                    with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk), start), "a suffix sweep"):
+                        h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo))
+                    for v, j in enumerate(chunk):
+                        suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
             kept.clear()
             hidden = following
         for j, h in suffix.items():
-            yield j, self._logits(h, 1, start)
+            yield j, self._logits(h, 1, starts[j])
 
     def _suffix_calls(self, start: int) -> list[dict]:
         """Every layer's keyword arguments cut to query positions `start..` (masks: their query rows)."""
