@@ -9,6 +9,7 @@ import torch
 from mllm_arb.analysis.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
 from mllm_arb.analysis.heads import (
     Removal,
+    log_odds_under,
     ablation_scores,
     attribution_scores,
     head_means,
@@ -19,6 +20,7 @@ from mllm_arb.analysis.heads import (
     verification_candidates,
     verified_scores,
 )
+from mllm_arb.analysis.sweeps import Arm, run_arms
 from mllm_arb.data.records import CONFLICT_CONDITIONS, Condition
 from mllm_arb.data.templates import render_all
 from mllm_arb.interventions import edit_heads, knock_out, knock_out_rows, knockout_mask, scale_heads
@@ -226,6 +228,28 @@ def test_per_row_knockout_layers_match_separate_knockouts(tiny):
     with pytest.raises(ValueError, match="per-row layer sets"):
         with knock_out_rows(adapter, block, [{0}]):
             pass
+
+
+# ------------------------------------------------------------------------------------ blocking and amplification
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family):
+    """Every batch's arms from one recorded pass (head sets spanning layers, an empty set, α > 1), at
+    every position, at the last one (a suffix sweep) and mean-ablated at the instruction."""
+    adapter, preps = tiny(family)
+    top = Arm("headline", "top", ((1, 0), (0, 1)), 0.0, controls=True)
+    arms = [top, Arm("headline", "random", ((1, 1),), 0.0, seed=0), Arm("headline", "none", (), 0.0),
+            Arm("amplify", "top", top.heads, 3.0, controls=True)]
+    settings, controls = preps[:1], preps[1:]
+    base = {id(p): log_odds_under(adapter, p) for p in preps}
+    for removal in (Removal("zero", "all"), Removal("zero", "last"),
+                    Removal("mean", "instruction", head_means(adapter, preps, "instruction"))):
+        steps = {True: [], False: []}
+        rows = {fast: run_arms(adapter, arms, settings, controls, base, removal, steps[fast].append, fast) for fast in steps}
+        assert [r["heads"] for r in rows[True]] == [r["heads"] for r in rows[False]] and sum(steps[True]) == sum(steps[False])
+        assert any(r["log_odds_after"] != r["log_odds_before"] for r in rows[False])
+        for a, b in zip(rows[True], rows[False]):
+            assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
+            assert a["follows_after"] == b["follows_after"]
 
 
 # ------------------------------------------------------------------------------------ verified ranking

@@ -36,11 +36,11 @@ from .sweeps import (
     Arm,
     SweepConfig,
     amplification_arms,
-    baseline,
+    arm_log_odds,
+    arm_rows,
     blocking_arms,
     check_split_sizes,
     random_amplification_arms,
-    run_arms,
     split_items,
     split_preps,
     summarise_amplification,
@@ -337,9 +337,14 @@ def sweep_units(study: Study, run: RunDir, ranks, stage: str, units: list[Prepar
 
     def compute(p: Prepared) -> dict:
         i = index[id(p)]
-        before = baseline(study.adapter, [p], step)[0] if base_of is None else base_of(i)
-        settings, controls = ([p], []) if is_setting[i] else ([], [p])
-        per_arm = [run_arms(study.adapter, [arm], settings, controls, {id(p): before}, removal, step) for arm in arms]
+        applicable = [a for a, arm in enumerate(arms) if is_setting[i] or arm.controls]
+        plain, after = arm_log_odds(study.adapter, p, [arms[a] for a in applicable], removal, step)
+        if base_of is None:
+            step(len(p.batch))  # the baseline: the recorded pass the arms resume from
+        before = plain if base_of is None else base_of(i)
+        per_arm: list[list[dict]] = [[] for _ in arms]
+        for a, log_odds in zip(applicable, after):
+            per_arm[a] = arm_rows(arms[a], p, before, log_odds)
         return {"base": [float(v) for v in before], "arms": per_arm}
 
     samples_of = lambda p: p.samples  # noqa: E731

@@ -180,45 +180,68 @@ def naive_drops(adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: 
 def exact_drops(
     adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: Sequence[Head], on_step: OnStep = None, variants: int | None = None
 ) -> torch.Tensor:
-    """`naive_drops` with prefix reuse: layers before a head's layer run once (the recorded pass), and
-    the heads of one layer are removed in stacked passes of `variants` blocks of rows, one head each."""
+    """`naive_drops` with prefix reuse (`edited_log_odds`, one head per edit)."""
+    base, after = edited_log_odds(adapter, prep, [((head,), 0.0) for head in heads], removal, on_step, variants)
+    return (base[None] - after).T
+
+
+#: a set of heads and the scale their outputs get (0: removed, as `Removal` says; α: amplified)
+HeadSetEdit = tuple[Sequence[Head], float]
+
+
+@torch.no_grad()
+def edited_log_odds(
+    adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadSetEdit], removal: Removal, on_step: OnStep = None,
+    variants: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`[B]` plain, `[len(edits), B]` edited) following log-odds of one batch, each edit a head set
+    removed or scaled at `removal`'s positions, from one recorded pass (`PrefixRun`).
+
+    An edit acts from its lowest layer on, so it resumes the recorded pass there, `variants` edits
+    stacked per pass (default: as memory allows, `max_variants`). Edits at the last or the instruction
+    positions only recompute the positions from there on (a suffix sweep). An empty head set is the
+    plain pass. Equals `log_odds_under` with `removal.edits(heads, batch, scale)`, one pass per edit.
+    """
     batch, n_rows = prep.batch, len(prep.batch)
     run = PrefixRun(adapter, batch)
     base = binary_scores(run.logits, prep.ids)[0].cpu()
+    after = base.repeat(len(edits), 1)
+    todo = [j for j, (heads, _) in enumerate(edits) if heads]
     where = position_mask(batch, removal.positions)
     position = run.start_for(where)
-    if position:  # removal at the last or the instruction positions only: earlier ones stay as they were
-        return base[:, None] - _suffix_log_odds(adapter, run, prep, removal, heads, where, position, on_step, variants)
+    where = where[:, position:]
+
+    def intervene(js: Sequence[int]):
+        """Edit `todo[j]` for each j of `js`, in row block v of a stack of len(js)."""
+        chosen = [edits[todo[j]] for j in js]
+        return edit_heads(adapter, [removal.edit(h, variant_rows(n_rows, len(js), v, where), scale)
+                                    for v, (heads, scale) in enumerate(chosen) for h in heads])
+
+    def record(js: Sequence[int], logits: torch.Tensor) -> None:
+        log_odds = binary_scores(logits, list(prep.ids) * len(js))[0].cpu().view(len(js), n_rows)
+        for v, j in enumerate(js):
+            after[todo[j]] = log_odds[v]
+
+    if on_step and len(todo) < len(edits):
+        on_step(n_rows * (len(edits) - len(todo)))
+    first_layers = [min(l for l, _ in edits[j][0]) for j in todo]
+    if position and todo:  # at the last or the instruction positions only: earlier ones stay as they were
+        done = (lambda k: on_step(n_rows * k)) if on_step else None
+        record(range(len(todo)), run.suffix_sweep(first_layers, position, intervene, variants, done).flatten(0, 1))
+        return base, after
     per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
     by_layer: dict[int, list[int]] = {}
-    for j, (l, _) in enumerate(heads):
-        by_layer.setdefault(l, []).append(j)
-    out = torch.empty(n_rows, len(heads))
+    for j, layer in enumerate(first_layers):
+        by_layer.setdefault(layer, []).append(j)
     for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
-        todo = by_layer.get(layer, [])
-        for start in range(0, len(todo), per_pass):
-            chunk = todo[start : start + per_pass]
-            edits = [removal.edit(heads[j], variant_rows(n_rows, len(chunk), v, where)) for v, j in enumerate(chunk)]
-            with edit_heads(adapter, edits):
-                logits = run.resume(layer, hidden, len(chunk))
-            after = binary_scores(logits, list(prep.ids) * len(chunk))[0].cpu().view(len(chunk), n_rows)
-            out[:, chunk] = (base[None] - after).T
+        group = by_layer.get(layer, [])
+        for first in range(0, len(group), per_pass):
+            chunk = group[first : first + per_pass]
+            with intervene(chunk):
+                record(chunk, run.resume(layer, hidden, len(chunk)))
             if on_step:
                 on_step(n_rows * len(chunk))
-    return out
-
-
-def _suffix_log_odds(adapter, run: PrefixRun, prep: Prepared, removal: Removal, heads: Sequence[Head], where: torch.Tensor,
-                     position: int, on_step: OnStep, variants: int | None) -> torch.Tensor:
-    """`[B, len(heads)]` log-odds with each head removed, by a suffix sweep from `position` on."""
-    n_rows, cut = len(prep.batch), where[:, position:]
-
-    def intervene(js):
-        return edit_heads(adapter, [removal.edit(heads[j], variant_rows(n_rows, len(js), v, cut)) for v, j in enumerate(js)])
-
-    done = (lambda k: on_step(n_rows * k)) if on_step else None
-    logits = run.suffix_sweep([l for l, _ in heads], position, intervene, variants, on_done=done)
-    return binary_scores(logits.flatten(0, 1), list(prep.ids) * len(heads))[0].cpu().view(len(heads), n_rows).T
+    return base, after
 
 
 def attribution_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:

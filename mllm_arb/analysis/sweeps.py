@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.records import Condition, ConflictItem
 from ..errors import UserError
 from ..models.adapter import ModelAdapter
 from .head_sets import HeadSet, n_selected
-from .heads import ABLATION_MODES, METHODS, POSITIONS, Head, Prepared, Removal, log_odds_under
+from .heads import ABLATION_MODES, METHODS, POSITIONS, Head, Prepared, Removal, edited_log_odds, log_odds_under
 from .stats import bootstrap_ci
 
 POOLED = "conflict"  # the settings pooled together, the headline row
@@ -211,6 +212,41 @@ def arm_cost(arm: Arm, settings: Sequence[Prepared], controls: Sequence[Prepared
     return sum(len(p.batch) for p in (*settings, *(controls if arm.controls else ())))
 
 
+def arm_log_odds(adapter: ModelAdapter, prep: Prepared, arms: Sequence[Arm], removal: Removal,
+                 on_step: Callable[[int], None] | None = None, fast: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(`[B]` plain, per arm `[B]`) following log-odds of one batch under each arm's edit. `fast` runs
+    them from one recorded pass (`edited_log_odds`: prefix reuse, suffix sweeps, stacking);
+    `fast=False` runs one full forward pass per arm (and one for the plain model)."""
+    if fast:
+        plain, after = edited_log_odds(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
+        return plain, list(after)
+    plain = log_odds_under(adapter, prep)
+    after = []
+    for arm in arms:
+        after.append(log_odds_under(adapter, prep, removal.edits(arm.heads, prep.batch, arm.scale)))
+        if on_step:
+            on_step(len(prep.batch))
+    return plain, after
+
+
+def arm_rows(arm: Arm, prep: Prepared, before: Sequence[float], after: Sequence[float]) -> list[dict]:
+    """Per-sample rows of one arm on one batch: log-odds and following before and under the arm."""
+    tag = arm.tag()
+    return [
+        {
+            **tag,
+            "condition": s.condition.value,
+            "item_id": s.item_id,
+            "task": s.task,
+            "log_odds_before": float(before[i]),
+            "log_odds_after": float(after[i]),
+            "follows_before": bool(before[i] > 0),  # log-odds > 0 is p_follow > 0.5
+            "follows_after": bool(after[i] > 0),
+        }
+        for i, s in enumerate(prep.samples)
+    ]
+
+
 def run_arms(
     adapter: ModelAdapter,
     arms: Sequence[Arm],
@@ -219,27 +255,20 @@ def run_arms(
     base: dict[int, object],
     removal: Removal,
     on_step: Callable[[int], None] | None = None,
+    fast: bool = True,
 ) -> list[dict]:
-    """Per-sample rows: log-odds and following before (from `base`, keyed by `id(prep)`) and under each arm."""
+    """Per-sample rows: log-odds and following before (from `base`, keyed by `id(prep)`) and under each
+    arm, arm by arm (settings batches, then controls batches for arms with `controls`). Every batch's
+    arms run together (`arm_log_odds`)."""
+    after: dict[tuple[int, int], torch.Tensor] = {}
+    for p in (*settings, *controls):
+        applicable = [a for a, arm in enumerate(arms) if arm.controls or any(p is q for q in settings)]
+        _, log_odds = arm_log_odds(adapter, p, [arms[a] for a in applicable], removal, on_step, fast)
+        after.update({(a, id(p)): lo for a, lo in zip(applicable, log_odds)})
     rows: list[dict] = []
-    for arm in arms:
-        tag = arm.tag()
+    for a, arm in enumerate(arms):
         for p in (*settings, *(controls if arm.controls else ())):
-            before = base[id(p)]
-            after = log_odds_under(adapter, p, removal.edits(arm.heads, p.batch, arm.scale))
-            for i, s in enumerate(p.samples):
-                rows.append({
-                    **tag,
-                    "condition": s.condition.value,
-                    "item_id": s.item_id,
-                    "task": s.task,
-                    "log_odds_before": float(before[i]),
-                    "log_odds_after": float(after[i]),
-                    "follows_before": bool(before[i] > 0),  # log-odds > 0 is p_follow > 0.5
-                    "follows_after": bool(after[i] > 0),
-                })
-            if on_step:
-                on_step(len(p.batch))
+            rows += arm_rows(arm, p, base[id(p)], after[(a, id(p))])
     return rows
 
 
