@@ -152,11 +152,15 @@ class Result:
     measured: str  # what the ratio compares
     ratio: float
     target: str
-    passed: bool
+    passed: bool | None  # None: no target to pass
     detail: str = ""
 
+    @property
+    def verdict(self) -> str:
+        return "—" if self.passed is None else "PASS" if self.passed else "MISS"
+
     def line(self) -> str:
-        verdict = "PASS" if self.passed else "MISS"
+        verdict = self.verdict
         return f"[{verdict}] {self.benchmark} on {self.model} (batch {self.batch_size}): {self.measured} = {self.ratio:.3g} (target {self.target}){'; ' + self.detail if self.detail else ''}"
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import sys
 import time
 
-from . import bench_attribution, bench_head_scan, bench_hooks, bench_knockout, bench_memory
+from . import bench_arms, bench_attribution, bench_head_scan, bench_hooks, bench_knockout, bench_memory
 from .common import MODELS, RESULTS_FILE, describe, header, machine
 
-BENCHMARKS = (bench_hooks, bench_head_scan, bench_knockout, bench_attribution, bench_memory)
+BENCHMARKS = (bench_hooks, bench_head_scan, bench_knockout, bench_attribution, bench_memory, bench_arms)
 
 
 def table(results) -> str:
     lines = ["| benchmark | model | batch | measured | ratio | target | verdict | detail |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.benchmark} | {r.model} | {r.batch_size} | {r.measured} | {r.ratio:.3g} | {r.target} | "
-                     f"{'PASS' if r.passed else 'MISS'} | {r.detail} |")
+                     f"{r.verdict} | {r.detail} |")
     return "\n".join(lines)
 
 
