@@ -252,6 +252,22 @@ def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family)
             assert a["follows_after"] == b["follows_after"]
 
 
+def test_arms_run_no_pass_where_none_applies(tiny):
+    """A controls batch that no arm runs on costs nothing; the straightforward loop runs one pass per arm."""
+    adapter, preps = tiny("llava")
+    arms = [Arm("headline", "random", ((1, 1),), 0.0, seed=s) for s in range(3)]  # settings only
+    base = {id(p): log_odds_under(adapter, p) for p in preps}
+    passes = []
+    handle = adapter.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        for fast, expected in ((True, 1), (False, len(arms))):
+            passes.clear()
+            run_arms(adapter, arms, preps[:1], preps[1:], base, Removal("zero", "all"), fast=fast)
+            assert len(passes) == expected
+    finally:
+        handle.remove()
+
+
 # ------------------------------------------------------------------------------------ verified ranking
 def test_verified_scores_are_exact_on_the_candidates_and_attribution_elsewhere(tiny):
     adapter, preps = tiny("qwen2_vl")

@@ -157,12 +157,13 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
         for v, j in enumerate(js):
             after[j] = log_odds[v]
 
+    block_floats = n_tok * n_tok // 4  # a stacked row's blocked entries (bool)
     if suffixes:
         done = (lambda k: on_step(n_rows * k)) if on_step else None
         logits = run.suffix_sweep([min(todo[j][2]) for j in suffixes], [starts[todo[j][0]] for j in suffixes],
-                                  lambda js: intervene([suffixes[j] for j in js]), variants, done)
+                                  lambda js: intervene([suffixes[j] for j in js]), variants, done, row_extra=block_floats)
         record(suffixes, logits.flatten(0, 1))
-    per_pass = variants or max_variants(adapter, n_tok)
+    per_pass = variants or max_variants(adapter, n_tok, row_extra=block_floats)
     for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
         group = by_layer.get(layer, [])
         for first in range(0, len(group), per_pass):

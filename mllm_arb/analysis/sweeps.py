@@ -213,20 +213,24 @@ def arm_cost(arm: Arm, settings: Sequence[Prepared], controls: Sequence[Prepared
 
 
 def arm_log_odds(adapter: ModelAdapter, prep: Prepared, arms: Sequence[Arm], removal: Removal,
-                 on_step: Callable[[int], None] | None = None, fast: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                 on_step: Callable[[int], None] | None = None, fast: bool = True,
+                 plain: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """(`[B]` plain, per arm `[B]`) following log-odds of one batch under each arm's edit. `fast` runs
-    them from one recorded pass (`edited_log_odds`: prefix reuse, suffix sweeps, stacking);
-    `fast=False` runs one full forward pass per arm (and one for the plain model)."""
+    them from one recorded pass (`edited_log_odds`: prefix reuse, suffix sweeps, stacking; that pass is
+    the plain log-odds); `fast=False` runs one full forward pass per arm, and one for the plain model
+    unless `plain` is False (then None). No arms and no `plain`: no pass at all."""
+    if not arms and not plain:
+        return None, []
     if fast:
-        plain, after = edited_log_odds(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
-        return plain, list(after)
-    plain = log_odds_under(adapter, prep)
+        base, after = edited_log_odds(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
+        return base, list(after)
+    base = log_odds_under(adapter, prep) if plain else None
     after = []
     for arm in arms:
         after.append(log_odds_under(adapter, prep, removal.edits(arm.heads, prep.batch, arm.scale)))
         if on_step:
             on_step(len(prep.batch))
-    return plain, after
+    return base, after
 
 
 def arm_rows(arm: Arm, prep: Prepared, before: Sequence[float], after: Sequence[float]) -> list[dict]:
@@ -263,7 +267,7 @@ def run_arms(
     after: dict[tuple[int, int], torch.Tensor] = {}
     for p in (*settings, *controls):
         applicable = [a for a, arm in enumerate(arms) if arm.controls or any(p is q for q in settings)]
-        _, log_odds = arm_log_odds(adapter, p, [arms[a] for a in applicable], removal, on_step, fast)
+        _, log_odds = arm_log_odds(adapter, p, [arms[a] for a in applicable], removal, on_step, fast, plain=False)
         after.update({(a, id(p)): lo for a, lo in zip(applicable, log_odds)})
     rows: list[dict] = []
     for a, arm in enumerate(arms):

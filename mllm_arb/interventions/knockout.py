@@ -66,19 +66,17 @@ class _Knockout:
         self.row_layers = row_layers
         self.active = bool(block.any())  # an empty knockout leaves every call exactly as it was
 
-    def block_at(self, layer) -> torch.Tensor | None:
-        """`[B, T, T]` what is blocked in `layer` (rows whose layers exclude it block nothing), or None."""
+    def rows_at(self, layer) -> torch.Tensor | None:
+        """`[B]` rows that block something in `layer`, or None for none."""
         if not self.active:
             return None
         rows = torch.tensor([layer in ls for ls in self.row_layers], device=self.block.device)
-        if not rows.any():
-            return None
-        return self.block if rows.all() else self.block & rows[:, None, None]
+        return rows if rows.any() else None
 
     def attention(self, base, module, query, key, value, attention_mask, *args, **kwargs):
-        block = self.block_at(getattr(module, "layer_idx", None))
-        if block is not None:
-            attention_mask = self.edit(block, module, query, key, attention_mask, kwargs)
+        rows = self.rows_at(getattr(module, "layer_idx", None))
+        if rows is not None:
+            attention_mask = self.edit(rows, module, query, key, attention_mask, kwargs)
         return base(module, query, key, value, attention_mask, *args, **kwargs)
 
     # ------------------------------------------------------------------ the edit
@@ -93,12 +91,17 @@ class _Knockout:
             block = block[:, :n_k, :n_k]
         return block[:, n_k - n_q :, :][:, None]
 
-    def edit(self, block, module, query, key, attention_mask, kwargs) -> torch.Tensor:
+    def edit(self, rows, module, query, key, attention_mask, kwargs) -> torch.Tensor:
+        """The mask with the entries `rows` block in this pass's queries (the last n_q of n_k) removed:
+        the block is cut to those queries before rows are selected, so a pass over a few positions
+        (a suffix sweep) never copies the whole `[B, T, T]` block."""
         n_rows, n_q = query.shape[0], query.shape[2]
         n_k = attention_mask.shape[-1] if attention_mask is not None else key.shape[2]
-        if n_rows != block.shape[0]:
-            raise UserError(f"knockout built for {block.shape[0]} rows but the forward pass has {n_rows}")
-        blocked = self._blocked(block, n_q, n_k, query.device)
+        if n_rows != self.block.shape[0]:
+            raise UserError(f"knockout built for {self.block.shape[0]} rows but the forward pass has {n_rows}")
+        blocked = self._blocked(self.block, n_q, n_k, query.device)
+        if not rows.all():
+            blocked = blocked & rows.to(query.device)[:, None, None, None]
         if attention_mask is None:
             # sdpa's causal shortcut (or an unmasked bidirectional layer): materialise what it stood for.
             causal = kwargs.get("is_causal")

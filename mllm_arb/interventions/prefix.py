@@ -214,6 +214,7 @@ class PrefixRun:
     def suffix_sweep(
         self, first_layers: Sequence[int], starts: Sequence[int] | int, intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None, group_size: int | None = None,
+        row_extra: int = 0,
     ) -> torch.Tensor:
         """`[n, B, vocab]` last-position logits of `n` variants, variant j touching only positions
         `starts[j]..` (from `start_for`; one int: the same for all) and acting from layer `first_layers[j]` on.
@@ -224,7 +225,9 @@ class PrefixRun:
         blocks, in that order (as for `resume`). The plain pass that yields each layer's keys and values
         runs alongside, once for all starts; variants are carried from their first layer in groups
         whose suffixes together take about what one plain pass's activations take, so memory stays
-        about a plain pass's (or `group_size` variants a group). `on_done(k)` reports k variants finished.
+        about a plain pass's (or `group_size` variants a group). `row_extra`: what `intervene` itself
+        holds per stacked row, in floats (a knockout's blocked-entry mask), for the default `per_pass`.
+        `on_done(k)` reports k variants finished.
         """
         n, n_tok = len(first_layers), self.n_tokens
         starts = [starts] * n if isinstance(starts, int) else list(starts)
@@ -232,7 +235,7 @@ class PrefixRun:
         if bad:
             raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {bad}")
         d = self._first.shape[-1]
-        room = _plain_pass_size(self.adapter, n_tok) // 2  # floats per row for the carried suffixes
+        room = _plain_pass_size(self.adapter, n_tok) // 4  # floats per row for the carried suffixes
         order = sorted(range(n), key=lambda j: first_layers[j])
         out: list[torch.Tensor | None] = [None] * n
         while order:
@@ -240,13 +243,13 @@ class PrefixRun:
             while order and (len(group) < group_size if group_size else (not group or size + (n_tok - starts[order[0]]) * d <= room)):
                 size += (n_tok - starts[order[0]]) * d
                 group.append(order.pop(0))
-            for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass):
+            for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass, row_extra):
                 out[j] = logits
             if on_done:
                 on_done(len(group))
         return torch.stack(out)
 
-    def _sweep_group(self, group, first_layers, starts, intervene, per_pass):
+    def _sweep_group(self, group, first_layers, starts, intervene, per_pass, row_extra):
         """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -271,7 +274,7 @@ class PrefixRun:
 
         n_tok = self.n_tokens
         calls = {s: self._suffix_calls(s) for s in {starts[j] for j in group}}
-        passes = {s: per_pass or max_variants(self.adapter, n_tok, n_tok - s) for s in calls}
+        passes = {s: per_pass or max_variants(self.adapter, n_tok, n_tok - s, row_extra) for s in calls}
         suffix: dict[int, torch.Tensor] = {}  # variant -> its `[B, T - start, d]` state
         waiting = list(group)
         hidden = self._first
@@ -343,17 +346,19 @@ def _plain_pass_size(adapter, n_tokens: int) -> int:
 
 #: the share of a plain pass's activations a suffix sweep's stacked pass may take: the sweep also holds
 #: the plain pass's layer input and output, one layer's keys and values, and its variants' suffixes
+#: (at most a quarter of a plain pass's activations)
 SUFFIX_SHARE = 0.8
 
 
-def max_variants(adapter, n_tokens: int, n_queries: int | None = None) -> int:
+def max_variants(adapter, n_tokens: int, n_queries: int | None = None, row_extra: int = 0) -> int:
     """How many variants to stack in one resumed pass so that its transient memory stays about that of
     one plain pass over the same rows (at least one).
 
     A resumed pass computes logits at the last position only, so the room the full-sequence logits took
     holds more variants. A suffix sweep (`n_queries` < `n_tokens` positions) computes the activations of
     its queries alone, but joins every position's keys and values per layer (and attention may repeat
-    them for grouped heads); it gets `SUFFIX_SHARE` of the room.
+    them for grouped heads); it gets `SUFFIX_SHARE` of the room. `row_extra`: floats per stacked row the
+    intervention itself holds (a knockout's `[T, T]` blocked entries).
     """
     d, ffn, kv = _sizes(adapter)
     parts = adapter.parts
@@ -361,6 +366,6 @@ def max_variants(adapter, n_tokens: int, n_queries: int | None = None) -> int:
     per_token = 3 * ffn + 4 * d + parts.n_heads * n_tokens
     room = _plain_pass_size(adapter, n_tokens)
     if n_queries == n_tokens:
-        return max(1, room // (n_tokens * per_token))
-    resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * parts.head_dim)
+        return max(1, room // (n_tokens * per_token + row_extra))
+    resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * parts.head_dim) + row_extra
     return max(1, int(SUFFIX_SHARE * room) // resumed)
