@@ -17,7 +17,7 @@ import torch
 from ..data.records import Sample
 from ..interventions.knockout import knock_out, knock_out_rows, knockout_mask, layer_window
 from ..interventions.lens import component_contributions
-from ..interventions.prefix import PrefixRun, max_variants
+from ..interventions.prefix import PrefixRun
 from ..models.adapter import GROUPS, ModelAdapter
 from ..scoring import answer_ids, binary_scores
 from .behaviour import batches
@@ -123,55 +123,35 @@ def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tu
 
 
 def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, variants: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`_knockout_naive` from one recorded pass. An edge whose first target row comes after the first
-    position (into the context, the instruction, `last`) recomputes only the positions from there on,
-    in one suffix sweep for all of them (edges into `last` recompute one position); the others resume
-    at their window's first layer, variants with the same first layer stacked. An edge that blocks
-    nothing in the batch (a group the prompts lack) leaves the plain pass's log-odds, with no pass at all."""
+    """`_knockout_naive` from one recorded pass (`PrefixRun.sweep`). An edge whose first target row comes
+    after the first position (into the context, the instruction, `last`) recomputes only the positions
+    from there on (edges into `last`: one position); the others resume at their window's first layer.
+    An edge that blocks nothing in the batch (a group the prompts lack) leaves the plain pass's
+    log-odds, with no pass at all."""
     run = PrefixRun(adapter, batch)
     base = binary_scores(run.logits, ids)[0]
     n_rows, n_tok = len(batch), batch.inputs["input_ids"].shape[1]
     masks = {edge: knockout_mask(batch, [edge]) for edge in dict.fromkeys(e for e, _, _ in todo)}
     # positions before an edge's first target row keep their plain values: a suffix sweep from there
     starts = {edge: run.start_for(mask.any(-1)) for edge, mask in masks.items()}
-    after: list[torch.Tensor | None] = [None] * len(todo)
-    by_layer: dict[int, list[int]] = defaultdict(list)  # full resumes, by first layer
-    suffixes: list[int] = []  # one suffix sweep for the rest
-    for j, (edge, _, layers) in enumerate(todo):
-        if not masks[edge].any():
-            after[j] = base
-        elif starts[edge]:
-            suffixes.append(j)
-        else:
-            by_layer[min(layers)].append(j)
-    skipped = sum(a is not None for a in after)
-    if on_step and skipped:
-        on_step(n_rows * skipped)
+    active = [j for j, (edge, _, _) in enumerate(todo) if masks[edge].any()]
+    after: list[torch.Tensor] = [base] * len(todo)
+    if on_step and len(active) < len(todo):
+        on_step(n_rows * (len(todo) - len(active)))
 
     def intervene(js):
-        block = torch.cat([masks[todo[j][0]] for j in js])
-        return knock_out_rows(adapter, block, [todo[j][2] for j in js for _ in range(n_rows)])
+        chosen = [todo[active[j]] for j in js]
+        block = torch.cat([masks[edge] for edge, _, _ in chosen])
+        return knock_out_rows(adapter, block, [layers for _, _, layers in chosen for _ in range(n_rows)])
 
-    def record(js, logits):
-        log_odds = binary_scores(logits, list(ids) * len(js))[0].view(len(js), n_rows)
-        for v, j in enumerate(js):
-            after[j] = log_odds[v]
-
-    block_floats = n_tok * n_tok // 4  # a stacked row's blocked entries (bool)
-    if suffixes:
-        done = (lambda k: on_step(n_rows * k)) if on_step else None
-        logits = run.suffix_sweep([min(todo[j][2]) for j in suffixes], [starts[todo[j][0]] for j in suffixes],
-                                  lambda js: intervene([suffixes[j] for j in js]), variants, done, row_extra=block_floats)
-        record(suffixes, logits.flatten(0, 1))
-    per_pass = variants or max_variants(adapter, n_tok, row_extra=block_floats)
-    for layer, hidden in run.states(stop=max(by_layer, default=-1) + 1):
-        group = by_layer.get(layer, [])
-        for first in range(0, len(group), per_pass):
-            chunk = group[first : first + per_pass]
-            with intervene(chunk):
-                record(chunk, run.resume(layer, hidden, len(chunk)))
-            if on_step:
-                on_step(n_rows * len(chunk))
+    if not active:
+        return base, after
+    done = (lambda k: on_step(n_rows * k)) if on_step else None
+    logits = run.sweep([min(todo[j][2]) for j in active], [starts[todo[j][0]] for j in active], intervene, variants, done,
+                       row_extra=n_tok * n_tok // 4)  # a stacked row's blocked entries (bool)
+    log_odds = binary_scores(logits.flatten(0, 1), list(ids) * len(active))[0].view(len(active), n_rows)
+    for v, j in enumerate(active):
+        after[j] = log_odds[v]
     return base, after
 
 

@@ -32,7 +32,7 @@ import torch
 from ..data.records import Sample
 from ..interventions.heads import HeadEdit, edit_heads, record_heads, scale_heads
 from ..interventions.lens import lens_logits
-from ..interventions.prefix import PrefixRun, max_variants, variant_rows
+from ..interventions.prefix import PrefixRun, variant_rows
 from ..models.adapter import Batch, ModelAdapter
 from ..scoring import AnswerIds, answer_ids, binary_scores
 from .behaviour import batches
@@ -197,8 +197,8 @@ def edited_log_odds(
     """(`[B]` plain, `[len(edits), B]` edited) following log-odds of one batch, each edit a head set
     removed or scaled at `removal`'s positions, from one recorded pass (`PrefixRun`).
 
-    An edit acts from its lowest layer on, so it resumes the recorded pass there, `variants` edits
-    stacked per pass (default: as memory allows, `max_variants`). Edits at the last or the instruction
+    An edit acts from its lowest layer on, so it resumes the recorded pass there (`PrefixRun.sweep`),
+    `variants` edits stacked per pass (default: as memory allows). Edits at the last or the instruction
     positions only recompute the positions from there on (a suffix sweep). An empty head set is the
     plain pass. Equals `log_odds_under` with `removal.edits(heads, batch, scale)`, one pass per edit.
     """
@@ -217,18 +217,17 @@ def edited_log_odds(
         return edit_heads(adapter, [removal.edit(h, variant_rows(n_rows, len(js), v, where), scale)
                                     for v, (heads, scale) in enumerate(chosen) for h in heads])
 
-    def record(js: Sequence[int], logits: torch.Tensor) -> None:
-        log_odds = binary_scores(logits, list(prep.ids) * len(js))[0].cpu().view(len(js), n_rows)
-        for v, j in enumerate(js):
-            after[todo[j]] = log_odds[v]
-
     if on_step and len(todo) < len(edits):
         on_step(n_rows * (len(edits) - len(todo)))
-    first_layers = [min(l for l, _ in edits[j][0]) for j in todo]
-    if position and todo:  # at the last or the instruction positions only: earlier ones stay as they were
-        done = (lambda k: on_step(n_rows * k)) if on_step else None
-        record(range(len(todo)), run.suffix_sweep(first_layers, position, intervene, variants, done).flatten(0, 1))
+    if not todo:
         return base, after
+    done = (lambda k: on_step(n_rows * k)) if on_step else None
+    first_layers = [min(l for l, _ in edits[j][0]) for j in todo]
+    logits = run.sweep(first_layers, [position] * len(todo), intervene, variants, done)
+    log_odds = binary_scores(logits.flatten(0, 1), list(prep.ids) * len(todo))[0].cpu().view(len(todo), n_rows)
+    for v, j in enumerate(todo):
+        after[j] = log_odds[v]
+    return base, after
     per_pass = variants or max_variants(adapter, batch.inputs["input_ids"].shape[1])
     by_layer: dict[int, list[int]] = {}
     for j, layer in enumerate(first_layers):

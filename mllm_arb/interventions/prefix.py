@@ -211,6 +211,43 @@ class PrefixRun:
         return self._logits(h, n_variants)
 
     @torch.no_grad()
+    def sweep(
+        self, first_layers: Sequence[int], starts: Sequence[int], intervene: Callable[[Sequence[int]], AbstractContextManager],
+        per_pass: int | None = None, on_done: Callable[[int], None] | None = None, row_extra: int = 0,
+    ) -> torch.Tensor:
+        """`[n, B, vocab]` last-position logits of `n` ≥ 1 variants, variant j acting from layer
+        `first_layers[j]` on and touching positions `starts[j]..` only (`start_for`; 0: every position).
+
+        Variants with a start run in one `suffix_sweep`; the others resume at their first layer,
+        `per_pass` with the same first layer stacked (default: `max_variants`). `intervene(js)` is
+        entered around each stacked pass and applies variants `js` to its row blocks, in that order;
+        `row_extra` is what it holds per stacked row, in floats. `on_done(k)`: k variants finished.
+        """
+        out: list[torch.Tensor | None] = [None] * len(first_layers)
+        later = [j for j, start in enumerate(starts) if start]
+        if later:
+            logits = self.suffix_sweep([first_layers[j] for j in later], [starts[j] for j in later],
+                                       lambda js: intervene([later[k] for k in js]), per_pass, on_done, row_extra=row_extra)
+            for k, j in enumerate(later):
+                out[j] = logits[k]
+        by_layer: dict[int, list[int]] = {}
+        for j, start in enumerate(starts):
+            if not start:
+                by_layer.setdefault(first_layers[j], []).append(j)
+        per_pass = per_pass or max_variants(self.adapter, self.n_tokens, row_extra=row_extra)
+        for layer, hidden in self.states(stop=max(by_layer, default=-1) + 1):
+            group = by_layer.get(layer, [])
+            for first in range(0, len(group), per_pass):
+                chunk = group[first : first + per_pass]
+                with intervene(chunk):
+                    logits = self.resume(layer, hidden, len(chunk))
+                for v, j in enumerate(chunk):
+                    out[j] = logits[v * self.n_rows : (v + 1) * self.n_rows]
+                if on_done:
+                    on_done(len(chunk))
+        return torch.stack(out)
+
+    @torch.no_grad()
     def suffix_sweep(
         self, first_layers: Sequence[int], starts: Sequence[int] | int, intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None, group_size: int | None = None,
