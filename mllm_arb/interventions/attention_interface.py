@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -64,6 +65,15 @@ def text_implementation(model) -> str:
 def root_implementation(impl: str) -> str:
     """The plain implementation (eager or sdpa) at the bottom of a chain of wrappers named `impl`."""
     return _ROOT_IMPL.get(impl, impl)
+
+
+def as_mask(allowed: torch.Tensor, root_impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean "may attend" mask in the form the implementation at the bottom of the chain takes:
+    boolean for sdpa, additive for eager (which adds its mask; the large negative value is the one the
+    model's own masks use, exactly 0 after softmax)."""
+    if root_impl != "eager":
+        return allowed
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
 
 
 def _text_config_key(model) -> str | None:

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import UserError
 from ..models.adapter import GROUPS, Batch
-from .attention_interface import wrap_text_attention
+from .attention_interface import as_mask, wrap_text_attention
 
 
 def default_window_size(n_layers: int) -> int:
@@ -109,12 +109,7 @@ class _Knockout:
             allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device)
             if causal and n_q > 1:
                 allowed = allowed.tril()  # sdpa's is_causal aligns upper-left
-            allowed = allowed[None, None]
-            if self.root_impl == "eager":  # eager adds its mask: give it an additive one
-                zero = torch.zeros((), dtype=query.dtype, device=query.device)
-                attention_mask = torch.where(allowed, zero, torch.finfo(query.dtype).min)
-            else:
-                attention_mask = allowed
+            attention_mask = as_mask(allowed[None, None], self.root_impl, query.dtype)
         if attention_mask.dtype == torch.bool:
             return attention_mask & ~blocked
         # additive mask: the same large negative value the model's own causal mask uses (exactly 0 after softmax)

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager, ExitStack
 import torch
 
 from ..models.adapter import Batch
-from .attention_interface import root_implementation, text_implementation, wrap_text_attention
+from .attention_interface import as_mask, root_implementation, text_implementation, wrap_text_attention
 
 #: layer keyword arguments that carry the sequence, and the dimension it is on
 _SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1}
@@ -359,9 +359,7 @@ class PrefixRun:
         """What sdpa's causal shortcut (no mask) stands for, as a mask whose rows can be cut."""
         like = self._first
         allowed = torch.ones(self.n_tokens, self.n_tokens, dtype=torch.bool, device=like.device).tril()[None, None]
-        if self._root_impl == "eager":  # eager adds its mask
-            return torch.where(allowed, 0.0, torch.finfo(like.dtype).min).to(like.dtype)
-        return allowed
+        return as_mask(allowed, self._root_impl, like.dtype)
 
 
 def _sizes(adapter) -> tuple[int, int, int]:
