@@ -77,10 +77,19 @@ def answer_ids(tokenizer, sample: Sample) -> AnswerIds:
 def binary_scores(logits: torch.Tensor, ids: Sequence[AnswerIds]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From [B, V] logits: log-odds of following vs competitor, p_follow, and the mass the two hold."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    lf = torch.stack([torch.logsumexp(logp[i, list(a.following)], 0) for i, a in enumerate(ids)])
-    lc = torch.stack([torch.logsumexp(logp[i, list(a.competitor)], 0) for i, a in enumerate(ids)])
+    lf = _logsumexp_at(logp, [a.following for a in ids])
+    lc = _logsumexp_at(logp, [a.competitor for a in ids])
     log_odds = lf - lc
     return log_odds, torch.sigmoid(log_odds), torch.exp(torch.logaddexp(lf, lc))
+
+
+def _logsumexp_at(logp: torch.Tensor, columns: Sequence[Sequence[int]]) -> torch.Tensor:
+    """`[B]` logsumexp of row i's entries at `columns[i]`, in one gather (rows padded with -inf, which
+    adds exact zeros: the same numbers as one logsumexp per row)."""
+    width = max(len(c) for c in columns)
+    index = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in columns], device=logp.device)
+    pad = torch.tensor([[k >= len(c) for k in range(width)] for c in columns], device=logp.device)
+    return torch.logsumexp(logp.gather(1, index).masked_fill(pad, float("-inf")), 1)
 
 
 _WORD = re.compile(r"[a-z0-9]+")

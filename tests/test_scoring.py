@@ -26,6 +26,19 @@ def test_binary_scores_match_hand_computation():
     assert math.isclose(float(mass[0]), 0.7, rel_tol=1e-5)
 
 
+def test_binary_scores_of_many_rows_equal_one_logsumexp_per_row_bit_for_bit():
+    """Rows with different numbers of answer tokens are scored in one gather: the same numbers, exactly."""
+    torch.manual_seed(0)
+    logits = torch.randn(9, 50) * 6
+    ids = [AnswerIds(following=tuple(range(i % 3 + 1)), competitor=(10 + i, 20 + i)[: 1 + i % 2]) for i in range(9)]
+    log_odds, p, mass = binary_scores(logits, ids)
+    logp = torch.log_softmax(logits, -1)
+    for i, a in enumerate(ids):
+        lf, lc = torch.logsumexp(logp[i, list(a.following)], 0), torch.logsumexp(logp[i, list(a.competitor)], 0)
+        assert torch.equal(log_odds[i], lf - lc)
+        assert torch.equal(mass[i], torch.exp(torch.logaddexp(lf, lc)))
+
+
 def test_render_swaps_following_by_condition():
     item = ConflictItem("a", "color", "What color?", "red", "green", "It is green.", solid_image(), "It is red.")
     assert render(item, Condition.TEXT_FOLLOWING).following == "green"
