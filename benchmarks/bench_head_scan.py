@@ -2,13 +2,13 @@
 forward pass per head and batch (`fast=False`), on one batch. Target ≥ 5× faster.
 
 Measured for each place heads are removed (`sweep.positions`): at every position (the default), where
-every layer from the head's on must be recomputed everywhere, and at the last position, where a suffix
-resume recomputes that one position."""
+every layer from the head's on must be recomputed everywhere, and at the last position, where a
+last-position sweep recomputes that one position, every head a query column of one pass per layer."""
 
 from __future__ import annotations
 
 from mllm_arb.analysis.heads import Removal, ablation_scores
-from mllm_arb.interventions.prefix import max_variants
+from mllm_arb.interventions.prefix import max_columns, max_variants
 
 from .common import BATCH_SIZES, MODELS, Result, header, interleaved, prepared, report
 
@@ -33,11 +33,12 @@ def run(model: str, repeat: int = 2) -> list[Result]:
         t = interleaved(fns, repeat, warmup=False)
         ratio = t["naive"] / t["fast"]
         stacked = f"; {n_heads} per pass: {t['stacked']:.2f} s" if "stacked" in t else ""
-        n_queries = 1 if positions == "last" else n_tok
+        per_pass = (f"{min(heads, max_columns(adapter, n_tok))} columns" if positions == "last"
+                    else f"{min(n_heads, max_variants(adapter, n_tok))} variant(s)")
         results.append(report(Result(
             f"head scan ({positions} positions)", adapter.name, len(preps[0].batch), "naive / batched time", ratio,
             f"≥ {TARGET}", ratio >= TARGET, f"{heads} heads: naive {t['naive']:.2f} s, batched {t['fast']:.2f} s "
-            f"({min(n_heads, max_variants(adapter, n_tok, n_queries))} variant(s) per pass{stacked})")))
+            f"({per_pass} per pass{stacked})")))
     return results
 
 

@@ -1,6 +1,6 @@
 """Peak tensor memory of an exact head scan (batched, prefix reuse) vs one plain forward pass at the same
-batch size, for heads removed at every position and at the last one (a suffix resume, which also keeps
-every layer's keys and values). Target ≤ 1.5×. Also the knockout sweep (the study's edges, every window),
+batch size, for heads removed at every position and at the last one (a last-position sweep, which also
+holds one layer's keys and values from a plain walk). Target ≤ 1.5×. Also the knockout sweep (the study's edges, every window),
 for which the issue sets no target."""
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ FROM_RUN = typer.Option(None, "--from", help="A rank-heads run directory whose h
 
 @app.command("rank-heads")
 def rank_heads_cmd(
-    method: Optional[str] = typer.Option(None, "--method", help="Ranking that heads.json keeps: ablation, attribution or dla."),
+    method: Optional[str] = typer.Option(None, "--method", help="Ranking that heads.json keeps: ablation, attribution, hybrid, verified or dla."),
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
     resume: Optional[Path] = RESUME,

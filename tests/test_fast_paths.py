@@ -1,7 +1,8 @@
 """Every optimised sweep against its straightforward path, on the tiny model of every family: prefix
 reuse (resuming a recorded pass at any layer), suffix sweeps (recomputing only the positions an
-intervention can change), stacked variants, the batched head scan, the batched knockout sweep, and
-attribution-proposed exact verification. Same numbers within float tolerance."""
+intervention can change), last-position sweeps (variants as query columns), stacked variants, the batched
+head scan, the batched knockout sweep, the hybrid ranking and attribution-proposed exact verification.
+Same numbers within float tolerance."""
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from mllm_arb.analysis.heads import (
     log_odds_under,
     ablation_scores,
     attribution_scores,
+    edited_log_odds,
     head_means,
+    hybrid_scores,
     method_scores,
     n_verified,
     passes_per_sample,
@@ -24,7 +27,7 @@ from mllm_arb.analysis.sweeps import Arm, run_arms
 from mllm_arb.data.records import CONFLICT_CONDITIONS, Condition
 from mllm_arb.data.templates import render_all
 from mllm_arb.interventions import edit_heads, knock_out, knock_out_rows, knockout_mask, scale_heads
-from mllm_arb.interventions.prefix import PrefixRun, max_variants, variant_rows
+from mllm_arb.interventions.prefix import PrefixRun, max_columns, max_variants, variant_columns, variant_rows
 from mllm_arb.models.loading import load_adapter
 
 from .conftest import FAMILIES, conflict_items
@@ -169,6 +172,89 @@ def test_a_suffix_start_never_passes_the_last_position(tiny):
     nothing = torch.zeros(batch.inputs["input_ids"].shape, dtype=torch.bool)
     assert run.start_for(nothing) == min(batch.last)
     assert run.start_for(batch.group_mask("last")) == min(batch.last)
+
+
+# ------------------------------------------------------------------------------------ last-position sweeps
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_last_position_sweep_equals_full_forwards_from_a_walk_or_from_the_recorded_pass(tiny, family):
+    """Heads removed and amplified at the final position, as query columns of one pass per layer: each
+    column equals a full forward with that edit, whether the keys and values come from a plain walk or
+    were kept by the recorded pass (also one recorded with its autograd graph), columns all in one pass
+    or 2 at a time."""
+    adapter, preps = tiny(family)
+    batch, n_rows = preps[0].batch, len(preps[0].batch)
+    last = batch.group_mask("last")
+    n_layers = adapter.parts.n_layers
+    edits = [([(0, 0)], 0.0), ([(n_layers - 1, 1)], 0.0), ([(0, 1), (1, 0)], 3.0), ([(1, 1)], 0.0)]
+    expected = []
+    for heads, scale in edits:
+        with edit_heads(adapter, scale_heads(heads, scale, positions=last)):
+            expected.append(adapter.last_logits(batch))
+
+    def intervene(js):
+        return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads(edits[j][0], edits[j][1], variant_columns(len(js), v, last[:, -1:]))])
+
+    plain = adapter.last_logits(batch)
+    for run in (PrefixRun(adapter, batch), PrefixRun(adapter, batch, keep_final=True), PrefixRun(adapter, batch, keep_final=True, grad=True)):
+        torch.testing.assert_close(run.logits, plain, **TOL)
+        assert run.last_is_final
+        for per_pass in (None, 2):
+            done = []
+            out = run.last_sweep([min(l for l, _ in heads) for heads, _ in edits], intervene, per_pass, done.append)
+            assert out.shape == (len(edits), n_rows, plain.shape[1]) and sum(done) == len(edits)
+            for j in range(len(edits)):
+                torch.testing.assert_close(out[j], expected[j], **TOL)
+    assert not torch.allclose(out[0], plain)
+    with pytest.raises(ValueError, match="at least one variant"):
+        run.last_sweep([], intervene)
+
+
+def test_variant_columns_selects_one_block_and_columns_are_bounded():
+    where = torch.tensor([[True], [False]])
+    assert variant_columns(3, 1, where).tolist() == [[False, True, False], [False, False, False]]
+    adapter = load_adapter("tiny:llava")
+    assert 1 <= max_columns(adapter, 50) <= 50
+
+
+def test_right_padded_rows_fall_back_to_the_suffix_sweep():
+    """With right padding the rows' last positions differ: no last-position sweep, the same numbers."""
+    adapter = load_adapter("tiny:llava", padding_side="right")
+    preps = prepare(adapter, render_all(conflict_items(3), CONFLICT_CONDITIONS), 3)
+    run = PrefixRun(adapter, preps[0].batch)
+    assert len(set(preps[0].batch.last)) > 1 and not run.last_is_final
+    with pytest.raises(ValueError, match="left padding"):
+        run.last_sweep([0], lambda js: edit_heads(adapter, []))
+    last = Removal("zero", "last")
+    torch.testing.assert_close(ablation_scores(adapter, preps, last), ablation_scores(adapter, preps, last, fast=False), **TOL)
+    torch.testing.assert_close(hybrid_scores(adapter, preps, Removal("zero", "all")),
+                               ablation_scores(adapter, preps, last, fast=False) + attribution_scores(adapter, preps, Removal("zero", "all"))
+                               - attribution_scores(adapter, preps, last), **TOL)
+
+
+# ------------------------------------------------------------------------------------ hybrid ranking
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_scores_are_the_exact_last_position_drop_plus_attribution_elsewhere(tiny, family):
+    adapter, preps = tiny(family)
+    everywhere, last = Removal("zero", "all"), Removal("zero", "last")
+    exact_last = ablation_scores(adapter, preps, last, fast=False)
+    rest = attribution_scores(adapter, preps, everywhere) - attribution_scores(adapter, preps, last)
+    hybrid = hybrid_scores(adapter, preps, everywhere)
+    torch.testing.assert_close(hybrid, exact_last + rest, **TOL)
+    assert not torch.allclose(hybrid, attribution_scores(adapter, preps, everywhere))
+    torch.testing.assert_close(method_scores(adapter, preps, "hybrid", last), exact_last, **TOL)
+    means = head_means(adapter, preps, "instruction")
+    instruction = Removal("mean", "instruction", means)
+    torch.testing.assert_close(hybrid_scores(adapter, preps, instruction), attribution_scores(adapter, preps, instruction), **TOL)
+
+
+def test_edited_log_odds_reuses_a_given_recorded_pass(tiny):
+    adapter, preps = tiny("llava")
+    run = PrefixRun(adapter, preps[0].batch, keep_final=True)
+    edits = [(((0, 0),), 0.0), (((1, 1),), 2.0)]
+    fresh = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"))
+    given = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"), run=run)
+    for a, b in zip(fresh, given):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 def test_batched_head_scan_reports_the_same_progress(tiny):

@@ -22,6 +22,12 @@ with a plain pass that yields each layer's keys and values when they are needed 
 not a whole cache), and carries every variant's suffix from its first layer to the last. `start_for`
 picks `s` and moves it back wherever the mask lets an earlier position see a later one (Gemma 3's
 bidirectional attention inside an image), so the result is the full resume's.
+
+Last-position sweeps: when every variant touches only the final position (a head edited at `last`, every
+row's last position being the final one, as left padding makes it), `last_sweep` stacks the variants along
+the sequence instead of the batch: variant v is query column v of one `[B, V, d]` pass per layer, whose
+keys are the plain pass's positions `< T - 1`, shared by all columns rather than copied per variant, and
+the columns' own keys, each column seeing only its own (a block-diagonal mask, as in tree decoding).
 """
 
 from __future__ import annotations
@@ -76,6 +82,32 @@ def variant_rows(n_rows: int, n_variants: int, variant: int, where: torch.Tensor
     return out
 
 
+def variant_columns(n_variants: int, variant: int, where: torch.Tensor) -> torch.Tensor:
+    """`[B, V*S]` selecting variant `variant`'s block of a stack along the sequence (`last_sweep`), given the
+    `[B, S]` positions `where` it touches."""
+    rows, width = where.shape
+    out = torch.zeros(rows, n_variants * width, dtype=torch.bool, device=where.device)
+    out[:, variant * width : (variant + 1) * width] = where.to(torch.bool)
+    return out
+
+
+def _spread(value, key: str, times: int, memo: dict):
+    """Layer keyword argument `value` (named `key`), cut to the final query position, repeated `times`
+    along the sequence: one query column per variant (the mask is built apart, `_column_mask`)."""
+    if isinstance(value, torch.Tensor):
+        dim = _SEQUENCE_DIMS.get(key)
+        if dim is None or value.ndim < -dim or value.shape[dim] != 1:
+            return value
+        if id(value) not in memo:
+            shape = list(value.shape)
+            shape[dim] = times
+            memo[id(value)] = value.expand(shape)
+        return memo[id(value)]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_spread(v, key, times, memo) for v in value)
+    return value
+
+
 def _cut(value, key: str, start: int, n_tok: int):
     """Layer keyword argument `value` (named `key`) for query positions `start..` only."""
     if isinstance(value, torch.Tensor):
@@ -103,9 +135,14 @@ class PrefixRun:
     `logits` are the plain pass's `[B, V]` last-position logits (`adapter.last_logits`). `states()`
     yields each layer's input in turn; `resume(layer, hidden, V)` finishes the pass from there, and
     `suffix_sweep` runs many variants that touch only positions `start..` (see the module docstring).
+
+    With `grad=True` the pass's `logits` keep their autograd graph (attribution patching records and
+    differentiates one pass); what is recorded is detached. `keep_final=True` also keeps every layer's keys and values and its input at the final
+    position, so that `last_sweep` needs no plain walk over the layers (memory: the keys and values of
+    every layer, which a pass under autograd holds anyway).
     """
 
-    def __init__(self, adapter, batch: Batch) -> None:
+    def __init__(self, adapter, batch: Batch, keep_final: bool = False, grad: bool = False) -> None:
         self.adapter = adapter
         self.model = adapter.model
         self.parts = adapter.parts
@@ -117,6 +154,14 @@ class PrefixRun:
         self._first: torch.Tensor | None = None
         self._root_impl = root_implementation(text_implementation(self.model))
         self._reach: torch.Tensor | None = None
+        #: with `keep_final`: every layer's (keys, values) and its `[B, 1, d]` input at the final position
+        self._final: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
+        final_inputs: list[torch.Tensor] = []
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def keep(base, module, query, key, value, *args, **kwargs):
+            kv.append((key.detach(), value.detach()))
+            return base(module, query, key, value, *args, **kwargs)
 
         def record(index: int):
             def hook(module, args, kwargs):
@@ -128,17 +173,25 @@ class PrefixRun:
                 hidden = args[0] if args else rest.pop("hidden_states")
                 self._calls[index] = rest
                 if index == 0:
-                    self._first = hidden
+                    self._first = hidden.detach()
+                if keep_final:
+                    final_inputs.append(hidden[:, -1:].detach())
 
             return hook
 
         with ExitStack() as stack:
             for i, layer in enumerate(self.parts.layers):
                 stack.callback(layer.register_forward_pre_hook(record(i), with_kwargs=True).remove)
-            self.logits = adapter.last_logits(batch)
+            if keep_final:
+                stack.enter_context(wrap_text_attention(self.model, keep, "a last-position sweep"))
+            self.logits = adapter.last_logits(batch, grad=grad)
         missing = [i for i, c in enumerate(self._calls) if c is None]
         if missing:
             raise RuntimeError(f"decoder layers {missing} did not run in the forward pass")
+        if keep_final:
+            if len(kv) != n_layers:
+                raise RuntimeError(f"the text model ran its attention {len(kv)} times in a pass of {n_layers} layers")
+            self._final = list(zip(final_inputs, kv))
 
     @property
     def n_layers(self) -> int:
@@ -339,6 +392,95 @@ class PrefixRun:
         for j, h in suffix.items():
             yield j, self._logits(h, 1, starts[j])
 
+    @property
+    def last_is_final(self) -> bool:
+        """Whether every row's last position is the final one (left padding): `last_sweep` applies."""
+        return bool((self.last == self.n_tokens - 1).all())
+
+    @torch.no_grad()
+    def last_sweep(
+        self, first_layers: Sequence[int], intervene: Callable[[Sequence[int]], AbstractContextManager],
+        per_pass: int | None = None, on_done: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """`[n, B, vocab]` last-position logits of `n` variants that touch only the final position, variant j
+        acting from layer `first_layers[j]` on; every row's last position must be the final one (`last_is_final`).
+
+        Variants are query columns of one pass per layer (see the module docstring), `per_pass` at a time
+        (default `max_columns`), each joining at its first layer; each layer's keys and values are the
+        recorded pass's (`keep_final`) or come from one plain walk over the layers, for all variants.
+        `intervene(js)` is entered around each pass and must apply variants `js` to their columns, in
+        that order (`variant_columns`). `on_done(k)` reports k variants finished.
+        """
+        if not self.last_is_final:
+            raise ValueError("a last-position sweep needs every row's last position to be the final one (left padding)")
+        n = len(first_layers)
+        if not n:
+            raise ValueError("a last-position sweep needs at least one variant")
+        per_pass = per_pass or max_columns(self.adapter, self.n_tokens)
+        calls = self._suffix_calls(self.n_tokens - 1)
+        kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def keep(base, module, query, key, value, *args, **kwargs):
+            kept["kv"] = (key, value)
+            return base(module, query, key, value, *args, **kwargs)
+
+        def prepend(base, module, query, key, value, *args, **kwargs):
+            earlier_key, earlier_value = kept["kv"]
+            return base(module, query, torch.cat([earlier_key[:, :, :-1], key], 2), torch.cat([earlier_value[:, :, :-1], value], 2), *args, **kwargs)
+
+        masks: dict = {}
+        waiting = sorted(range(n), key=lambda j: first_layers[j])
+        active: list[int] = []
+        columns: list[torch.Tensor] = []  # `[B, 1, d]` each: variant active[v]'s final position
+        hidden = self._first
+        for index in range(self.n_layers):
+            if self._final is not None:  # kept by the recorded pass
+                final_input, kept["kv"] = self._final[index]
+            elif not active and index < first_layers[waiting[0]]:  # no variant acts yet
+                hidden = self._layer(index, hidden, self._calls[index])
+                continue
+            else:
+                final_input = hidden[:, -1:]
+                with wrap_text_attention(self.model, keep, "a last-position sweep"):  # the last layer too: its keys
+                    hidden = self._layer(index, hidden, self._calls[index])
+            while waiting and first_layers[waiting[0]] == index:
+                active.append(waiting.pop(0))
+                columns.append(final_input)
+            # one plain walk for all variants; its columns pass per_pass at a time
+            for first in range(0, len(active), per_pass):
+                chunk = slice(first, first + per_pass)
+                kwargs = self._column_call(calls[index], len(active[chunk]), masks)
+                with intervene(active[chunk]), wrap_text_attention(self.model, prepend, "a last-position sweep"):
+                    out = self._layer(index, torch.cat(columns[chunk], 1), kwargs)
+                columns[chunk] = out.split(1, 1)
+            kept.clear()
+        if on_done:
+            on_done(n)
+        logits: list[torch.Tensor | None] = [None] * n
+        for first in range(0, n, per_pass):
+            chunk = torch.cat(columns[first : first + per_pass], 1)
+            for j, row in zip(active[first : first + per_pass], self.parts.unembed(self.parts.final_norm(chunk)).float().transpose(0, 1)):
+                logits[j] = row
+        return torch.stack(logits)
+
+    def _column_call(self, kwargs: dict, n_columns: int, masks: dict) -> dict:
+        """One layer's keyword arguments for `n_columns` query columns at the final position."""
+        memo: dict = {}
+        out = {k: _spread(v, k, n_columns, memo) for k, v in kwargs.items() if k != "attention_mask"}
+        mask = kwargs["attention_mask"]
+        if (id(mask), n_columns) not in masks:
+            masks[(id(mask), n_columns)] = self._column_mask(mask, n_columns)
+        out["attention_mask"] = masks[(id(mask), n_columns)]
+        return out
+
+    def _column_mask(self, mask: torch.Tensor, n_columns: int) -> torch.Tensor:
+        """`[b, 1, V, T - 1 + V]`: every column sees what the final position sees among the earlier
+        positions (`mask`: that position's row), and of the columns itself alone."""
+        row = _allowed(mask)[..., -1:, :]  # [b, heads or 1, 1, T]
+        earlier = row[..., :-1].expand(*row.shape[:2], n_columns, -1)
+        own = torch.eye(n_columns, dtype=torch.bool, device=row.device).expand(*row.shape[:2], -1, -1)
+        return as_mask(torch.cat([earlier, own], -1), self._root_impl, self._first.dtype)
+
     def _suffix_calls(self, start: int) -> list[dict]:
         """Every layer's keyword arguments cut to query positions `start..` (masks: their query rows)."""
         memo: dict = {}  # one cut per shared argument, so that stacking tiles it once too
@@ -404,3 +546,13 @@ def max_variants(adapter, n_tokens: int, n_queries: int | None = None, row_extra
         return max(1, room // (n_tokens * per_token + row_extra))
     resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * parts.head_dim) + row_extra
     return max(1, int(SUFFIX_SHARE * room) // resumed)
+
+
+def max_columns(adapter, n_tokens: int) -> int:
+    """How many variants a `last_sweep` stacks as query columns in one pass: as many as keep that pass's
+    activations (one query per variant, every earlier position's keys and values once, scores against
+    them) within `SUFFIX_SHARE` of a plain pass's, and at most `n_tokens`, so that the columns' own
+    `[V, V]` block of the mask stays within the size of a plain pass's mask."""
+    d, ffn, _ = _sizes(adapter)
+    per_column = 3 * ffn + 4 * d + 2 * adapter.parts.n_heads * n_tokens
+    return max(1, min(n_tokens, int(SUFFIX_SHARE * _plain_pass_size(adapter, n_tokens)) // per_column))

@@ -163,10 +163,10 @@ class ModelAdapter:
         return Batch(samples=samples, inputs=moved, spans=spans)
 
     # ---------------------------------------------------------------- running
-    @torch.no_grad()
-    def last_logits(self, batch: Batch) -> torch.Tensor:
-        """[B, V] next-token logits at each row's last prompt position."""
-        out = self.model(**batch.inputs, use_cache=False)
+    def last_logits(self, batch: Batch, grad: bool = False) -> torch.Tensor:
+        """[B, V] next-token logits at each row's last prompt position (`grad`: with their autograd graph)."""
+        with torch.set_grad_enabled(grad):
+            out = self.model(**batch.inputs, use_cache=False)
         rows = torch.arange(len(batch), device=out.logits.device)
         return out.logits[rows, torch.tensor(batch.last, device=out.logits.device)].float()
 
