@@ -84,12 +84,17 @@ def binary_scores(logits: torch.Tensor, ids: Sequence[AnswerIds]) -> tuple[torch
 
 
 def _logsumexp_at(logp: torch.Tensor, columns: Sequence[Sequence[int]]) -> torch.Tensor:
-    """`[B]` logsumexp of row i's entries at `columns[i]`, in one gather (rows padded with -inf, which
-    adds exact zeros: the same numbers as one logsumexp per row)."""
-    width = max(len(c) for c in columns)
-    index = torch.tensor([list(c) + [c[0]] * (width - len(c)) for c in columns], device=logp.device)
-    pad = torch.tensor([[k >= len(c) for k in range(width)] for c in columns], device=logp.device)
-    return torch.logsumexp(logp.gather(1, index).masked_fill(pad, float("-inf")), 1)
+    """`[B]` logsumexp of row i's entries at `columns[i]`: one gather per number of columns, so that every
+    row is reduced over exactly its own entries (padding would change the order of the sums)."""
+    out = logp.new_empty(len(columns))
+    by_width: dict[int, list[int]] = {}
+    for i, c in enumerate(columns):
+        by_width.setdefault(len(c), []).append(i)
+    for rows in by_width.values():
+        index = torch.tensor([list(columns[i]) for i in rows], device=logp.device)
+        at = torch.tensor(rows, device=logp.device)
+        out[at] = torch.logsumexp(logp[at[:, None], index], 1)
+    return out
 
 
 _WORD = re.compile(r"[a-z0-9]+")

@@ -175,13 +175,14 @@ def test_a_suffix_start_never_passes_the_last_position(tiny):
 
 
 # ------------------------------------------------------------------------------------ last-position sweeps
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_last_position_sweep_equals_full_forwards_from_a_walk_or_from_the_recorded_pass(tiny, family):
+def test_a_last_position_sweep_equals_full_forwards_from_a_walk_or_from_the_recorded_pass(tiny, family, impl):
     """Heads removed and amplified at the final position, as query columns of one pass per layer: each
     column equals a full forward with that edit, whether the keys and values come from a plain walk or
     were kept by the recorded pass (also one recorded with its autograd graph), columns all in one pass
     or 2 at a time."""
-    adapter, preps = tiny(family)
+    adapter, preps = tiny(family, impl)
     batch, n_rows = preps[0].batch, len(preps[0].batch)
     last = batch.group_mask("last")
     n_layers = adapter.parts.n_layers
@@ -247,12 +248,22 @@ def test_hybrid_scores_are_the_exact_last_position_drop_plus_attribution_elsewhe
     torch.testing.assert_close(hybrid_scores(adapter, preps, instruction), attribution_scores(adapter, preps, instruction), **TOL)
 
 
-def test_edited_log_odds_reuses_a_given_recorded_pass(tiny):
+def test_edited_log_odds_reuses_a_given_recorded_pass_in_a_last_position_sweep(tiny, monkeypatch):
+    """Handed a run that kept its keys and values, edits at `last` take query columns and run no model
+    forward pass at all (no recording, no walk), with the same numbers as a fresh run."""
     adapter, preps = tiny("llava")
     run = PrefixRun(adapter, preps[0].batch, keep_final=True)
     edits = [(((0, 0),), 0.0), (((1, 1),), 2.0)]
+    sweeps, forwards = [], []
+    real = PrefixRun.last_sweep
+    monkeypatch.setattr(PrefixRun, "last_sweep", lambda self, *a, **k: sweeps.append(1) or real(self, *a, **k))
     fresh = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"))
-    given = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"), run=run)
+    handle = adapter.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        given = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"), run=run)
+    finally:
+        handle.remove()
+    assert len(sweeps) == 2 and not forwards
     for a, b in zip(fresh, given):
         torch.testing.assert_close(a, b, **TOL)
 

@@ -242,15 +242,17 @@ def edited_log_odds(
     return base, after
 
 
-def first_order_drops(adapter: ModelAdapter, prep: Prepared, removal: Removal, record: bool = False) -> tuple[torch.Tensor, PrefixRun | None]:
+def first_order_drops(
+    adapter: ModelAdapter, prep: Prepared, removal: Removal, record: bool = False, keep_final: bool = True
+) -> tuple[torch.Tensor, PrefixRun | None]:
     """(`[B, T, L, H]` first-order estimate of the drop in following log-odds from removing each head at
-    each single position, `(a - a') · ∂log-odds/∂a`; with `record`, that pass recorded as a `PrefixRun`
-    that keeps what a last-position sweep needs): one forward and one backward pass."""
+    each single position, `(a - a') · ∂log-odds/∂a`; with `record`, that pass recorded as a `PrefixRun`,
+    keeping what a last-position sweep needs if `keep_final`): one forward and one backward pass."""
     parts, batch = adapter.parts, prep.batch
     run = None
     with torch.enable_grad(), record_heads(adapter, detach=False) as rec:
         if record:
-            run = PrefixRun(adapter, batch, keep_final=True, grad=True)
+            run = PrefixRun(adapter, batch, keep_final=keep_final, grad=True)
             last = run.logits
         else:
             last = adapter.last_logits(batch, grad=True)
@@ -294,24 +296,34 @@ def hybrid_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Rem
     at_last = replace(removal, positions="last")
     out = []
     for p in preps:
-        where = position_mask(p.batch, removal.positions)
-        last = where & p.batch.group_mask("last")
+        where = position_mask(p.batch, removal.positions).cpu()
+        last = where & p.batch.group_mask("last").cpu()
         if not last.any():
             per_position, _ = first_order_drops(adapter, p, removal)
             scores = (per_position * where[..., None, None]).sum(1)
         elif removal.positions == "last":
             scores = exact_drops(adapter, p, removal, heads).view(len(p.batch), parts.n_layers, parts.n_heads)
         else:
-            if not torch.equal(last, p.batch.group_mask("last")):
+            if not torch.equal(last, p.batch.group_mask("last").cpu()):
                 raise ValueError(f"removal at {removal.positions!r} covers the last position of some rows only")
-            per_position, run = first_order_drops(adapter, p, removal, record=True)
-            base, after = edited_log_odds(adapter, p, [((head,), 0.0) for head in heads], at_last, run=run)
-            exact = (base[None] - after).T.reshape(len(p.batch), parts.n_layers, parts.n_heads)
-            scores = (per_position * (where & ~last)[..., None, None]).sum(1) + exact
+            scores = _hybrid_batch(adapter, p, removal, at_last, heads, where & ~last)
         out.append(scores)
         if on_step:
             on_step(len(p.batch))
     return torch.cat(out)
+
+
+def _hybrid_batch(adapter: ModelAdapter, prep: Prepared, removal: Removal, at_last: Removal, heads: Sequence[Head],
+                  elsewhere: torch.Tensor) -> torch.Tensor:
+    """`[B, L, H]` one batch's hybrid scores (a function of its own, so that the recorded pass it keeps is
+    freed before the next batch's forward and backward pass)."""
+    parts = adapter.parts
+    # a right-padded batch takes the suffix sweep, which walks the layers itself: nothing to keep for it
+    keep = all(l == prep.batch.inputs["input_ids"].shape[1] - 1 for l in prep.batch.last)
+    per_position, run = first_order_drops(adapter, prep, removal, record=True, keep_final=keep)
+    base, after = edited_log_odds(adapter, prep, [((head,), 0.0) for head in heads], at_last, run=run)
+    exact = (base[None] - after).T.reshape(len(prep.batch), parts.n_layers, parts.n_heads)
+    return (per_position * elsewhere[..., None, None]).sum(1) + exact
 
 
 def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep = None) -> torch.Tensor:

@@ -175,7 +175,7 @@ class PrefixRun:
                 if index == 0:
                     self._first = hidden.detach()
                 if keep_final:
-                    final_inputs.append(hidden[:, -1:].detach())
+                    final_inputs.append(hidden[:, -1:].detach().clone())  # not a view: it would keep the whole input
 
             return hook
 
@@ -413,6 +413,10 @@ class PrefixRun:
         """
         if not self.last_is_final:
             raise ValueError("a last-position sweep needs every row's last position to be the final one (left padding)")
+        final = torch.zeros(self.n_rows, self.n_tokens, dtype=torch.bool)
+        final[:, -1] = True
+        if self.start_for(final) != self.n_tokens - 1:
+            raise ValueError("a last-position sweep needs a final position that no earlier position sees")
         n = len(first_layers)
         if not n:
             raise ValueError("a last-position sweep needs at least one variant")
@@ -456,12 +460,13 @@ class PrefixRun:
             kept.clear()
         if on_done:
             on_done(n)
-        logits: list[torch.Tensor | None] = [None] * n
+        logits = None
         for first in range(0, n, per_pass):
-            chunk = torch.cat(columns[first : first + per_pass], 1)
-            for j, row in zip(active[first : first + per_pass], self.parts.unembed(self.parts.final_norm(chunk)).float().transpose(0, 1)):
-                logits[j] = row
-        return torch.stack(logits)
+            chunk = self.parts.unembed(self.parts.final_norm(torch.cat(columns[first : first + per_pass], 1))).float()
+            if logits is None:  # written in place, chunk by chunk: the logits are held once, not twice
+                logits = chunk.new_empty(n, self.n_rows, chunk.shape[-1])
+            logits[torch.tensor(active[first : first + per_pass])] = chunk.transpose(0, 1)
+        return logits
 
     def _column_call(self, kwargs: dict, n_columns: int, masks: dict) -> dict:
         """One layer's keyword arguments for `n_columns` query columns at the final position."""
