@@ -366,19 +366,19 @@ def test_arms_run_no_pass_where_none_applies(tiny):
 
 
 # ------------------------------------------------------------------------------------ verified ranking
-def test_verified_scores_are_exact_on_the_candidates_and_attribution_elsewhere(tiny):
+def test_verified_scores_are_exact_on_the_candidates_and_hybrid_elsewhere(tiny):
     adapter, preps = tiny("qwen2_vl")
     removal = Removal("zero", "all")
     parts = adapter.parts
-    attribution = attribution_scores(adapter, preps, removal)
+    estimate = hybrid_scores(adapter, preps, removal)
     exact = ablation_scores(adapter, preps, removal)
     verified = method_scores(adapter, preps, "verified", removal)
-    candidates = verification_candidates(preps, attribution, n_verified(parts.n_layers, parts.n_heads))
+    candidates = verification_candidates(preps, estimate, n_verified(parts.n_layers, parts.n_heads))
     assert candidates and len(candidates) <= parts.n_layers * parts.n_heads
     chosen = torch.zeros(parts.n_layers, parts.n_heads, dtype=torch.bool)
     for l, h in candidates:
         chosen[l, h] = True
     torch.testing.assert_close(verified[:, chosen], exact[:, chosen], **TOL)
-    torch.testing.assert_close(verified[:, ~chosen], attribution[:, ~chosen], **TOL)
+    torch.testing.assert_close(verified[:, ~chosen], estimate[:, ~chosen], **TOL)
     # a small fraction verifies fewer heads; a fraction of 1 is the exact scan itself
     torch.testing.assert_close(verified_scores(adapter, preps, removal, fraction=1.0), exact, **TOL)

@@ -12,7 +12,7 @@ following answer, so removing it lowers the following log-odds):
 - `hybrid`: exact where the answer is read out, first-order elsewhere: each head's removal at the last
   position measured (all heads in one last-position sweep, resumed from the attribution pass itself),
   plus attribution patching's estimate for its other positions.
-- `verified`: attribution for every head, then exact ablation of the top candidates it proposes
+- `verified`: `hybrid` for every head, then exact ablation of the top candidates it proposes
   (`VERIFY_FRACTION` of the heads, by each setting's and the pooled score), whose scores replace theirs.
 - `dla`: direct logit attribution. What the head writes at the last position, read straight through
   the final norm and unembedding (linearised at the actual final residual), onto following −
@@ -394,13 +394,14 @@ def verification_candidates(preps: Sequence[Prepared], scores: torch.Tensor, n: 
 def verified_scores(
     adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None, fraction: float = VERIFY_FRACTION
 ) -> torch.Tensor:
-    """`[N, L, H]` attribution scores, with the exact ablation drop in place for the candidates attribution
-    proposes (`verification_candidates`): one forward and backward pass per batch, plus exact removal of
-    a few heads instead of every head. Candidates come from the scores of `preps` as passed: a caller
-    that scores batch by batch gets each batch's own candidates."""
+    """`[N, L, H]` hybrid scores (`hybrid_scores`: attribution patching, exact at the last position), with
+    the exact ablation drop in place for the candidates they propose (`verification_candidates`): one
+    forward and backward pass per batch, plus exact removal of a few heads instead of every head.
+    Candidates come from the scores of `preps` as passed: a caller that scores batch by batch gets each
+    batch's own candidates."""
     parts = adapter.parts
     n = n_verified(parts.n_layers, parts.n_heads, fraction)
-    scores = attribution_scores(adapter, preps, removal, on_step)
+    scores = hybrid_scores(adapter, preps, removal, on_step)
     candidates = verification_candidates(preps, scores, n)
     layer_idx = torch.tensor([l for l, _ in candidates])
     head_idx = torch.tensor([h for _, h in candidates])

@@ -19,7 +19,7 @@ METHOD_WORDS = {
     "ablation": "exact ablation (the drop in following log-odds when the head is removed)",
     "attribution": "attribution patching (that drop predicted from one forward and one backward pass)",
     "hybrid": "hybrid (that drop measured at the last position, predicted by attribution patching elsewhere)",
-    "verified": "verified attribution (attribution patching, with the exact drop for the heads it ranks highest)",
+    "verified": "verified hybrid (the hybrid estimate, with the exact drop for the heads it ranks highest)",
     "dla": "direct logit attribution (what the head writes onto following − competitor at the last position)",
 }
 
