@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from .distributed import Ranks, session
 from .errors import UserError
+from .models.fingerprint import weights_fingerprint
 from .partial import UnitStore, drop_interrupted_writes, merge_units, run_units, stage_store
 from .resume import saved_units
 from .runs import RunDir
@@ -29,10 +30,13 @@ def _cli():
 
 def start_run(cfg: DictConfig, command: str, resume: Path | None, ranks: Ranks, fingerprint: str, **manifest) -> RunDir:
     """Rank 0 creates the run directory (or reopens the one being resumed) and every rank gets its
-    path; only rank 0's RunDir writes. A resumed run must see the same dataset it started on.
+    path; only rank 0's RunDir writes. A resumed run must see the same dataset it started on, and a
+    stage that runs a model (its manifest names `model_source`) the same checkpoint files.
     `run.saved_at_start` counts each stage's batches saved before any rank of this session started."""
 
     def make() -> tuple[str, dict[str, int]]:
+        if "model_source" in manifest:
+            manifest["model_fingerprint"] = weights_fingerprint(cfg.model.path)
         if resume is None:
             run = RunDir.create(cfg.output_dir, command, cfg.model.name, cfg)
         else:
@@ -41,6 +45,10 @@ def start_run(cfg: DictConfig, command: str, resume: Path | None, ranks: Ranks, 
             if saved_fp is not None and saved_fp != fingerprint:
                 raise UserError(f"--resume {resume}: the dataset changed since the run started (fingerprint {saved_fp} "
                                 f"then, {fingerprint} now); start a new run")
+            saved_model, model_now = run.extra.get("model_fingerprint"), manifest.get("model_fingerprint")
+            if saved_model and model_now and saved_model != model_now:
+                raise UserError(f"--resume {resume}: the files of model {cfg.model.path} changed since the run started "
+                                f"(fingerprint {saved_model} then, {model_now} now); start a new run")
             drop_interrupted_writes(run.path)
             history = list(run.extra.get("resumes", []))
             history.append({"at": datetime.now().isoformat(timespec="seconds"), "saved_batches": saved_units(run.path)})

@@ -213,3 +213,52 @@ def test_resume_refuses_a_heads_file_edited_since_the_run_started(tmp_path):
     result = cli_invoke("ablate", "--resume", str(run))
     assert result.exit_code == 2 and "no longer holds the heads this run started with" in result.output, result.output
     assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "manifest.json"} == saved
+
+
+def test_resume_refuses_a_model_replaced_at_the_same_path_and_accepts_a_copy_of_it(tmp_path):
+    """Saved batches were computed with the checkpoint the run started with: a model retrained in place
+    is refused (nothing touched); the same files copied anew (new times, same contents) are accepted."""
+    import shutil
+
+    from mllm_arb.models.tiny import save_tiny_model
+
+    model, pristine = tmp_path / "model", tmp_path / "pristine"
+    save_tiny_model("llava", model)
+    shutil.copytree(model, pristine)
+    args = ["model=llava_tiny", f"model.path={model}", "data.n_items=2", "conditions=[text_following]", f"output_dir={tmp_path / 'out'}"]
+    assert invoke("evaluate", *args).exit_code == 0
+    run = only_run(tmp_path / "out", "evaluate")
+    assert json.loads((run / "manifest.json").read_text())["model_fingerprint"]
+    (run / "results.json").unlink()  # as if it had crashed before the end
+    save_tiny_model("llava", model, seed=1)  # retrained in place
+    before = snapshot(run)
+    one_error_line(invoke("evaluate", "--resume", str(run)), "changed since the run started")
+    assert snapshot(run) == before
+    shutil.rmtree(model)
+    shutil.copytree(pristine, model)
+    result = invoke("evaluate", "--resume", str(run))
+    assert result.exit_code == 0, result.output
+    assert (run / "results.json").exists()
+
+
+def test_a_model_fingerprint_reads_contents_not_times_and_samples_large_files(tmp_path, monkeypatch):
+    from mllm_arb.models import fingerprint
+
+    monkeypatch.setattr(fingerprint, "SAMPLES", 4)
+    monkeypatch.setattr(fingerprint, "BLOCK", 8)  # files over 32 bytes are read at 4 blocks of 8 bytes
+    (tmp_path / "config.json").write_text('{"model_type": "llava"}')
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(100)))
+    (tmp_path / "README.md").write_text("a model card")
+    first = fingerprint.weights_fingerprint(tmp_path)
+    assert first and len(first) == 16
+    os.utime(weights, ns=(1, 1))
+    (tmp_path / "README.md").write_text("an edited model card")
+    assert fingerprint.weights_fingerprint(tmp_path) == first  # times and the card do not count
+    weights.write_bytes(bytes(range(100))[:33] + b"\xff" + bytes(range(100))[34:])  # inside the block read at 30..37
+    assert fingerprint.weights_fingerprint(tmp_path) != first
+    weights.write_bytes(bytes(range(101)))  # one byte longer
+    assert fingerprint.weights_fingerprint(tmp_path) != first
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    weights.write_bytes(bytes(range(100)))
+    assert fingerprint.weights_fingerprint(tmp_path) != first
