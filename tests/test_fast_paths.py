@@ -284,13 +284,21 @@ def _sweep_keys(rows):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family):
+def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family, monkeypatch):
+    """Edges into `last` as query columns, the others as stacked suffixes, 4 variants per pass either way."""
     adapter, _ = tiny(family)
     samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING, Condition.IMAGE_ONLY])  # image_only: empty edges
+    columns = []
+    real = PrefixRun.last_sweep
+    monkeypatch.setattr(PrefixRun, "last_sweep", lambda self, first, *a, **k: columns.append(len(first)) or real(self, first, *a, **k))
+    into_last = sum(dst == "last" for _, dst in STUDY_EDGES[:5])
+    assert 0 < into_last < 5
     for window in (1, 3):  # 1: windows start at every layer; 3: one start for all (stacked edges and windows)
         plan = KnockoutPlan(edges=STUDY_EDGES[:5], window=window, n_layers=adapter.parts.n_layers)
         naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+        columns.clear()
         fast = knockout_rows(adapter, samples, plan, batch_size=3, variants=4)
+        assert max(columns) == into_last * len(plan.windows())  # every (edge into last, window) of the conflict batch
         assert _sweep_keys(fast) == _sweep_keys(naive)
         assert any(r["delta"] != 0 for r in naive)
         for a, b in zip(fast, naive):

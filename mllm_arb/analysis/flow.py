@@ -8,6 +8,7 @@ curves that results.json, the plots and the findings read.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -124,8 +125,10 @@ def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tu
 
 def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, variants: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """`_knockout_naive` from one recorded pass (`PrefixRun.sweep`). An edge whose first target row comes
-    after the first position (into the context, the instruction, `last`) recomputes only the positions
-    from there on (edges into `last`: one position); the others resume at their window's first layer.
+    after the first position (into the context, the instruction) recomputes only the positions from
+    there on; edges into the final position alone (`last`, left padding) are query columns of one
+    last-position sweep (`PrefixRun.last_sweep`), each column's mask row cut as its edge and window say;
+    the others resume at their window's first layer.
     An edge that blocks nothing in the batch (a group the prompts lack) leaves the plain pass's
     log-odds, with no pass at all."""
     run = PrefixRun(adapter, batch)
@@ -139,19 +142,37 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
     if on_step and len(active) < len(todo):
         on_step(n_rows * (len(todo) - len(active)))
 
-    def intervene(js):
-        chosen = [todo[active[j]] for j in js]
-        block = torch.cat([masks[edge] for edge, _, _ in chosen])
-        return knock_out_rows(adapter, block, [layers for _, _, layers in chosen for _ in range(n_rows)])
-
     if not active:
         return base, after
     done = (lambda k: on_step(n_rows * k)) if on_step else None
-    logits = run.sweep([min(todo[j][2]) for j in active], [starts[todo[j][0]] for j in active], intervene, variants, done,
-                       row_extra=n_tok * n_tok // 4)  # a stacked row's blocked entries (bool)
-    log_odds = binary_scores(logits.flatten(0, 1), list(ids) * len(active))[0].view(len(active), n_rows)
-    for v, j in enumerate(active):
-        after[j] = log_odds[v]
+    # edges into the final position alone (into `last`, left padding): query columns, each its own mask row
+    final = run.last_is_final
+    columns = [j for j in active if final and starts[todo[j][0]] == n_tok - 1]
+    rest = [j for j in active if j not in columns]
+
+    def blocked(layer: int, js) -> torch.Tensor | None:
+        """`[B, len(js), T - 1]` what the final query of each column may not see in `layer`."""
+        chosen = [todo[columns[k]] for k in js]
+        if not any(layer in layers for _, _, layers in chosen):
+            return None
+        none = torch.zeros(n_rows, n_tok - 1, dtype=torch.bool, device=batch.inputs["input_ids"].device)
+        return torch.stack([masks[edge][:, -1, :-1] if layer in layers else none for edge, _, layers in chosen], 1)
+
+    def record(js, logits):
+        log_odds = binary_scores(logits.flatten(0, 1), list(ids) * len(js))[0].view(len(js), n_rows)
+        for v, j in enumerate(js):
+            after[j] = log_odds[v]
+
+    if columns:
+        record(columns, run.last_sweep([min(todo[j][2]) for j in columns], lambda js: nullcontext(), variants, done, blocked))
+    if rest:
+        def intervene(js):
+            chosen = [todo[rest[j]] for j in js]
+            block = torch.cat([masks[edge] for edge, _, _ in chosen])
+            return knock_out_rows(adapter, block, [layers for _, _, layers in chosen for _ in range(n_rows)])
+
+        record(rest, run.sweep([min(todo[j][2]) for j in rest], [starts[todo[j][0]] for j in rest], intervene, variants, done,
+                               row_extra=n_tok * n_tok // 4))  # a stacked row's blocked entries (bool)
     return base, after
 
 

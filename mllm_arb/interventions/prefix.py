@@ -401,6 +401,7 @@ class PrefixRun:
     def last_sweep(
         self, first_layers: Sequence[int], intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None,
+        blocked: Callable[[int, Sequence[int]], torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """`[n, B, vocab]` last-position logits of `n` variants that touch only the final position, variant j
         acting from layer `first_layers[j]` on; every row's last position must be the final one (`last_is_final`).
@@ -409,7 +410,9 @@ class PrefixRun:
         (default `max_columns`), each joining at its first layer; each layer's keys and values are the
         recorded pass's (`keep_final`) or come from one plain walk over the layers, for all variants.
         `intervene(js)` is entered around each pass and must apply variants `js` to their columns, in
-        that order (`variant_columns`). `on_done(k)` reports k variants finished.
+        that order (`variant_columns`). `blocked(layer, js)`, if given, is `[B, len(js), T - 1]`: the earlier
+        positions each of those columns may not attend to in that layer (a knockout into the final
+        position), or None for none. `on_done(k)` reports k variants finished.
         """
         if not self.last_is_final:
             raise ValueError("a last-position sweep needs every row's last position to be the final one (left padding)")
@@ -453,7 +456,8 @@ class PrefixRun:
             # one plain walk for all variants; its columns pass per_pass at a time
             for first in range(0, len(active), per_pass):
                 chunk = slice(first, first + per_pass)
-                kwargs = self._column_call(calls[index], len(active[chunk]), masks)
+                cut = blocked(index, active[chunk]) if blocked else None
+                kwargs = self._column_call(calls[index], len(active[chunk]), masks, cut)
                 with intervene(active[chunk]), wrap_text_attention(self.model, prepend, "a last-position sweep"):
                     out = self._layer(index, torch.cat(columns[chunk], 1), kwargs)
                 columns[chunk] = out.split(1, 1)
@@ -468,22 +472,29 @@ class PrefixRun:
             logits[torch.tensor(active[first : first + per_pass])] = chunk.transpose(0, 1)
         return logits
 
-    def _column_call(self, kwargs: dict, n_columns: int, masks: dict) -> dict:
-        """One layer's keyword arguments for `n_columns` query columns at the final position."""
+    def _column_call(self, kwargs: dict, n_columns: int, masks: dict, cut: torch.Tensor | None = None) -> dict:
+        """One layer's keyword arguments for `n_columns` query columns at the final position (`cut`: the
+        `[B, V, T - 1]` earlier positions each column may not see)."""
         memo: dict = {}
         out = {k: _spread(v, k, n_columns, memo) for k, v in kwargs.items() if k != "attention_mask"}
         mask = kwargs["attention_mask"]
+        if cut is not None:
+            out["attention_mask"] = self._column_mask(mask, n_columns, cut)
+            return out
         if (id(mask), n_columns) not in masks:
             masks[(id(mask), n_columns)] = self._column_mask(mask, n_columns)
         out["attention_mask"] = masks[(id(mask), n_columns)]
         return out
 
-    def _column_mask(self, mask: torch.Tensor, n_columns: int) -> torch.Tensor:
+    def _column_mask(self, mask: torch.Tensor, n_columns: int, cut: torch.Tensor | None = None) -> torch.Tensor:
         """`[b, 1, V, T - 1 + V]`: every column sees what the final position sees among the earlier
-        positions (`mask`: that position's row), and of the columns itself alone."""
+        positions (`mask`: that position's row) but the ones `cut` (`[B, V, T - 1]`) takes from it, and
+        of the columns itself alone."""
         row = _allowed(mask)[..., -1:, :]  # [b, heads or 1, 1, T]
         earlier = row[..., :-1].expand(*row.shape[:2], n_columns, -1)
-        own = torch.eye(n_columns, dtype=torch.bool, device=row.device).expand(*row.shape[:2], -1, -1)
+        if cut is not None:
+            earlier = earlier & ~cut.to(earlier.device)[:, None]
+        own = torch.eye(n_columns, dtype=torch.bool, device=row.device).expand(*earlier.shape[:2], -1, -1)
         return as_mask(torch.cat([earlier, own], -1), self._root_impl, self._first.dtype)
 
     def _suffix_calls(self, start: int) -> list[dict]:
