@@ -1,7 +1,7 @@
 """Attribution ranking (one forward and backward pass per batch) vs exact ranking (the naive loop and the
 batched exact head scan), over a ranking split of several batches: time, and overlap of the top 5% of heads
-by pooled score. Also the hybrid ranking (exact at the last position, attribution elsewhere) and attribution
-with exact verification of its candidates (`verified`). Target ≥ 20× faster with ≥ 75% overlap. Only the
+by pooled score. Also the hybrid ranking (exact at the last position, attribution elsewhere) and the hybrid
+estimate with exact verification of its candidates (`verified`). Target ≥ 20× faster with ≥ 75% overlap. Only the
 trained organism's overlap says something about ranking quality."""
 
 from __future__ import annotations

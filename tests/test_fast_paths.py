@@ -1,7 +1,7 @@
 """Every optimised sweep against its straightforward path, on the tiny model of every family: prefix
 reuse (resuming a recorded pass at any layer), suffix sweeps (recomputing only the positions an
 intervention can change), last-position sweeps (variants as query columns), stacked variants, the batched
-head scan, the batched knockout sweep, the hybrid ranking and attribution-proposed exact verification.
+head scan, the batched knockout sweep, the hybrid ranking and hybrid-proposed exact verification.
 Same numbers within float tolerance."""
 
 import pytest
@@ -311,7 +311,7 @@ def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family, monk
 def test_batched_knockout_sweep_under_eager_attention(tiny, family):
     adapter, _ = tiny(family, "eager")
     samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING])
-    plan = KnockoutPlan(edges=STUDY_EDGES[:3], window=1, n_layers=adapter.parts.n_layers)
+    plan = KnockoutPlan(edges=STUDY_EDGES, window=1, n_layers=adapter.parts.n_layers)  # edges into last: columns
     naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
     fast = knockout_rows(adapter, samples, plan, batch_size=3)
     assert [r["log_odds_after"] for r in fast] == pytest.approx([r["log_odds_after"] for r in naive], abs=1e-5)
@@ -390,3 +390,8 @@ def test_verified_scores_are_exact_on_the_candidates_and_hybrid_elsewhere(tiny):
     torch.testing.assert_close(verified[:, ~chosen], estimate[:, ~chosen], **TOL)
     # a small fraction verifies fewer heads; a fraction of 1 is the exact scan itself
     torch.testing.assert_close(verified_scores(adapter, preps, removal, fraction=1.0), exact, **TOL)
+    # at the last position the hybrid estimate is already the exact scan: no second one
+    last = Removal("zero", "last")
+    steps = []
+    torch.testing.assert_close(verified_scores(adapter, preps, last, steps.append), ablation_scores(adapter, preps, last, fast=False), **TOL)
+    assert sum(steps) == sum(len(p.batch) for p in preps) * passes_per_sample("verified", parts.n_layers, parts.n_heads)

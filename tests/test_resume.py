@@ -241,24 +241,36 @@ def test_resume_refuses_a_model_replaced_at_the_same_path_and_accepts_a_copy_of_
     assert (run / "results.json").exists()
 
 
-def test_a_model_fingerprint_reads_contents_not_times_and_samples_large_files(tmp_path, monkeypatch):
+def test_a_model_fingerprint_reads_what_loading_reads_by_content_not_time(tmp_path, monkeypatch):
     from mllm_arb.models import fingerprint
 
-    monkeypatch.setattr(fingerprint, "SAMPLES", 4)
-    monkeypatch.setattr(fingerprint, "BLOCK", 8)  # files over 32 bytes are read at 4 blocks of 8 bytes
-    (tmp_path / "config.json").write_text('{"model_type": "llava"}')
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(bytes(range(100)))
-    (tmp_path / "README.md").write_text("a model card")
-    first = fingerprint.weights_fingerprint(tmp_path)
-    assert first and len(first) == 16
+    monkeypatch.setenv("MLLM_ARB_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 4000)
+    (model / "README.md").write_text("a model card")
+    (model / "eval_results.json").write_text('{"eval_seconds": 1.0}')
+    (model / "pytorch_model.bin").write_bytes(b"old weights, not read: there are safetensors")
+    assert [p.name for p in fingerprint.model_files(model)] == ["config.json", "model.safetensors"]
+    first = fingerprint.weights_fingerprint(model)
+    assert first and len(first) == 16 and (tmp_path / "cache" / "fingerprints.json").exists()
+    # times, the model card, logs and files loading does not read do not count
     os.utime(weights, ns=(1, 1))
-    (tmp_path / "README.md").write_text("an edited model card")
-    assert fingerprint.weights_fingerprint(tmp_path) == first  # times and the card do not count
-    weights.write_bytes(bytes(range(100))[:33] + b"\xff" + bytes(range(100))[34:])  # inside the block read at 30..37
-    assert fingerprint.weights_fingerprint(tmp_path) != first
-    weights.write_bytes(bytes(range(101)))  # one byte longer
-    assert fingerprint.weights_fingerprint(tmp_path) != first
-    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
-    weights.write_bytes(bytes(range(100)))
-    assert fingerprint.weights_fingerprint(tmp_path) != first
+    (model / "README.md").write_text("an edited model card")
+    (model / "eval_results.json").write_text('{"eval_seconds": 2.0}')
+    (model / "LICENSE").write_text("a licence")
+    assert fingerprint.weights_fingerprint(model) == first
+    # one byte anywhere in the weights does, and so does the config
+    edited = bytearray(weights.read_bytes())
+    edited[500_000] ^= 1
+    weights.write_bytes(bytes(edited))
+    os.utime(weights, ns=(2, 2))  # a file system's clock may tick coarser than two writes in a test
+    assert fingerprint.weights_fingerprint(model) != first
+    edited[500_000] ^= 1
+    weights.write_bytes(bytes(edited))
+    os.utime(weights, ns=(3, 3))
+    assert fingerprint.weights_fingerprint(model) == first
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    assert fingerprint.weights_fingerprint(model) != first

@@ -81,7 +81,8 @@ def knockout_rows(
 
     `fast` records one plain pass per batch and resumes it at each window's first layer (the layers
     before it are untouched), `variants` knockouts (edges, windows with the same first layer) stacked per
-    pass (default: `max_variants`); `fast=False` runs one full forward pass per edge, window and batch.
+    pass, or query columns per pass for edges into the final position (default: `max_variants`,
+    `max_columns`); `fast=False` runs one full forward pass per edge, window and batch.
     """
     rows: list[dict] = []
     for chunk in batches(samples, batch_size):

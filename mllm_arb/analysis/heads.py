@@ -402,6 +402,10 @@ def verified_scores(
     parts = adapter.parts
     n = n_verified(parts.n_layers, parts.n_heads, fraction)
     scores = hybrid_scores(adapter, preps, removal, on_step)
+    if removal.positions == "last":  # the hybrid scores are the exact scan there: nothing left to verify
+        if on_step:
+            on_step(sum(len(p.batch) for p in preps) * n)
+        return scores
     candidates = verification_candidates(preps, scores, n)
     layer_idx = torch.tensor([l for l, _ in candidates])
     head_idx = torch.tensor([h for _, h in candidates])

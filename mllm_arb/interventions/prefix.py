@@ -487,9 +487,9 @@ class PrefixRun:
         return out
 
     def _column_mask(self, mask: torch.Tensor, n_columns: int, cut: torch.Tensor | None = None) -> torch.Tensor:
-        """`[b, 1, V, T - 1 + V]`: every column sees what the final position sees among the earlier
-        positions (`mask`: that position's row) but the ones `cut` (`[B, V, T - 1]`) takes from it, and
-        of the columns itself alone."""
+        """`[b, 1, V, T - 1 + V]` (b: the mask's batch; B with `cut`): every column sees what the final
+        position sees among the earlier positions (`mask`: that position's row) but the ones `cut`
+        (`[B, V, T - 1]`) takes from it, and of the columns itself alone."""
         row = _allowed(mask)[..., -1:, :]  # [b, heads or 1, 1, T]
         earlier = row[..., :-1].expand(*row.shape[:2], n_columns, -1)
         if cut is not None:
