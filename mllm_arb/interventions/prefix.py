@@ -108,6 +108,17 @@ def _spread(value, key: str, times: int, memo: dict):
     return value
 
 
+def _keeping(kept: dict):
+    """An attention wrapper that leaves the call as it is and puts its keys and values in `kept["kv"]`
+    (the plain walk beside a sweep: each layer's keys and values, one layer at a time)."""
+
+    def keep(base, module, query, key, value, *args, **kwargs):
+        kept["kv"] = (key, value)
+        return base(module, query, key, value, *args, **kwargs)
+
+    return keep
+
+
 def _cut(value, key: str, start: int, n_tok: int):
     """Layer keyword argument `value` (named `key`) for query positions `start..` only."""
     if isinstance(value, torch.Tensor):
@@ -137,9 +148,9 @@ class PrefixRun:
     `suffix_sweep` runs many variants that touch only positions `start..` (see the module docstring).
 
     With `grad=True` the pass's `logits` keep their autograd graph (attribution patching records and
-    differentiates one pass); what is recorded is detached. `keep_final=True` also keeps every layer's keys and values and its input at the final
-    position, so that `last_sweep` needs no plain walk over the layers (memory: the keys and values of
-    every layer, which a pass under autograd holds anyway).
+    differentiates one pass); what is recorded is detached. `keep_final=True` also keeps every layer's
+    keys and values and its input at the final position, so that `last_sweep` needs no plain walk over
+    the layers (memory: the keys and values of every layer, which a pass under autograd holds anyway).
     """
 
     def __init__(self, adapter, batch: Batch, keep_final: bool = False, grad: bool = False) -> None:
@@ -342,10 +353,7 @@ class PrefixRun:
     def _sweep_group(self, group, first_layers, starts, intervene, per_pass, row_extra):
         """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def keep(base, module, query, key, value, *args, **kwargs):
-            kept["kv"] = (key, value)
-            return base(module, query, key, value, *args, **kwargs)
+        keep = _keeping(kept)
 
         def prepend(n_variants: int, start: int):
             def joined(earlier: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
@@ -426,10 +434,7 @@ class PrefixRun:
         per_pass = per_pass or max_columns(self.adapter, self.n_tokens)
         calls = self._suffix_calls(self.n_tokens - 1)
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def keep(base, module, query, key, value, *args, **kwargs):
-            kept["kv"] = (key, value)
-            return base(module, query, key, value, *args, **kwargs)
+        keep = _keeping(kept)
 
         def prepend(base, module, query, key, value, *args, **kwargs):
             earlier_key, earlier_value = kept["kv"]
