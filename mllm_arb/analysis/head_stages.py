@@ -36,6 +36,7 @@ from .sweeps import (
     Arm,
     SweepConfig,
     amplification_arms,
+    applicable_arms,
     arm_log_odds,
     arm_rows,
     blocking_arms,
@@ -337,7 +338,7 @@ def sweep_units(study: Study, run: RunDir, ranks, stage: str, units: list[Prepar
 
     def compute(p: Prepared) -> dict:
         i = index[id(p)]
-        applicable = [a for a, arm in enumerate(arms) if is_setting[i] or arm.controls]
+        applicable = applicable_arms(arms, is_setting[i])
         plain, after = arm_log_odds(study.adapter, p, [arms[a] for a in applicable], removal, step, plain=base_of is None)
         if base_of is None:
             step(len(p.batch))  # the baseline: the recorded pass the arms resume from

@@ -233,6 +233,12 @@ def arm_log_odds(adapter: ModelAdapter, prep: Prepared, arms: Sequence[Arm], rem
     return base, after
 
 
+def applicable_arms(arms: Sequence[Arm], on_settings: bool) -> list[int]:
+    """Indices of the arms that run on a batch: all of them on a settings batch, on a controls batch
+    those that measure the controls."""
+    return [a for a, arm in enumerate(arms) if on_settings or arm.controls]
+
+
 def arm_rows(arm: Arm, prep: Prepared, before: Sequence[float], after: Sequence[float]) -> list[dict]:
     """Per-sample rows of one arm on one batch: log-odds and following before and under the arm."""
     tag = arm.tag()
@@ -266,7 +272,7 @@ def run_arms(
     arms run together (`arm_log_odds`)."""
     after: dict[tuple[int, int], torch.Tensor] = {}
     for p in (*settings, *controls):
-        applicable = [a for a, arm in enumerate(arms) if arm.controls or any(p is q for q in settings)]
+        applicable = applicable_arms(arms, any(p is q for q in settings))
         _, log_odds = arm_log_odds(adapter, p, [arms[a] for a in applicable], removal, on_step, fast, plain=False)
         after.update({(a, id(p)): lo for a, lo in zip(applicable, log_odds)})
     rows: list[dict] = []
