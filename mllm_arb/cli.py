@@ -282,6 +282,24 @@ def pipeline(cfg: DictConfig, overrides: list[str]) -> Path:
     return run_pipeline(cfg, overrides, commands)
 
 
+@app.command("validate")
+def validate_cmd(
+    from_runs: Optional[list[Path]] = typer.Option(None, "--from", help="Finished analyze, rank-heads, ablate, run or validate "
+                                                   "runs to reuse instead of recomputing them (repeatable)."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Ground truth: score knockout, head rankings, findings and blocking against the mechanism a model
+    ships in ground_truth.json (model=organism_anchor); validation.json in a validate run directory."""
+    with user_errors():
+        single_process("validate")
+        cfg = prepare(overrides, print_cfg)
+        if cfg is not None:
+            from .validation.stage import validate_stage
+
+            validate_stage(cfg, list(overrides or []), list(from_runs or []))
+
+
 @app.command("grid", context_settings={"allow_interspersed_args": False})
 def grid_cmd(
     command: str = typer.Argument(..., help="The command every job runs: evaluate, analyze, rank-heads, ablate, amplify, "
@@ -336,35 +354,27 @@ app.add_typer(organism_app, name="organism")
 
 @organism_app.command("train")
 def organism_train_cmd(
-    ship: bool = typer.Option(False, "--ship", help="Train into the package's checkpoint folder, then evaluate it on "
+    ship: bool = typer.Option(False, "--ship", help="Train into the package's folder of that organism, then evaluate it on "
                               "1,000 held-out items per condition and rewrite its MODEL_CARD.md."),
+    config: str = typer.Option("default", "--config", help="conf/organism/<NAME>.yaml: default (the natural organism) or "
+                               "anchor (the planted one, model=organism_anchor)."),
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
 ) -> None:
-    """Train the organism from scratch on CPU (config conf/organism/default.yaml), deterministically from a seed."""
+    """Train an organism from scratch on CPU (conf/organism/), deterministically from a seed."""
     with user_errors():
-        from hydra import compose as hydra_compose
-        from hydra import initialize_config_dir
+        from .organism.__main__ import compose as compose_organism
 
-        with initialize_config_dir(config_dir=str(conf_dir() / "organism"), version_base=None):
-            cfg = hydra_compose(config_name="default", overrides=list(overrides or []))
+        cfg = compose_organism(config, list(overrides or []))
         if print_cfg:
             console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
             return
-        from .organism import CHECKPOINT_DIR
-        from .organism.card import document
-        from .organism.train import train
+        from .organism.__main__ import main as organism_main
 
-        if ship:
-            cfg.output_dir, cfg.overwrite = str(CHECKPOINT_DIR), True
         try:
-            path = train(cfg)
+            organism_main(["--config", config, *(["--ship"] if ship else []), *(overrides or [])])
         except (ValueError, FileExistsError) as exc:
             raise UserError(str(exc)) from None
-        console.print(f"organism saved to {path}")
-        if ship:
-            results = document(path, threads=cfg.threads)
-            console.print({c: round(v["rate"], 4) for c, v in results["summary"].items()}, results["targets_met"])
 
 
 def print_findings(findings: dict, title: str) -> None:

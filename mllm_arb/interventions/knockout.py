@@ -82,14 +82,16 @@ class _Knockout:
     # ------------------------------------------------------------------ the edit
     @staticmethod
     def _blocked(block: torch.Tensor, n_q: int, n_k: int, device) -> torch.Tensor:
-        """`[B, 1, n_q, n_k]` blocked entries; queries are the last n_q of the n_k key positions."""
-        n_tok = block.shape[1]
+        """`[B, 1 or H, n_q, n_k]` blocked entries of a `[B, T, T]` block (every head) or a
+        `[B, H, T, T]` one (per head); queries are the last n_q of the n_k key positions."""
+        n_tok = block.shape[-1]
         block = block.to(device)
         if n_k > n_tok:  # positions generated after the prompt belong to no group
             block = torch.nn.functional.pad(block, (0, n_k - n_tok, 0, n_k - n_tok))
         else:
-            block = block[:, :n_k, :n_k]
-        return block[:, n_k - n_q :, :][:, None]
+            block = block[..., :n_k, :n_k]
+        block = block[..., n_k - n_q :, :]
+        return block[:, None] if block.dim() == 3 else block
 
     def edit(self, rows, module, query, key, attention_mask, kwargs) -> torch.Tensor:
         """The mask with the entries `rows` block in this pass's queries (the last n_q of n_k) removed:
@@ -133,9 +135,11 @@ def knock_out(adapter, batch: Batch, edges: Sequence[tuple[str, str]], layers: I
 @contextmanager
 def knock_out_rows(adapter, block: torch.Tensor, row_layers: Sequence[Iterable[int]]) -> Iterator[None]:
     """`knock_out` with a blocked-entry mask given per row (`[N, T, T]`, True: query row t may not attend
-    to key column s) and, per row, the layers it applies in: stacked variants of a batch (other edges,
-    other windows) run as one pass."""
+    to key column s; or `[N, H, T, T]`, per attention head) and, per row, the layers it applies in:
+    stacked variants of a batch (other edges, other windows) run as one pass."""
     model, parts = adapter.model, adapter.parts
+    if block.dim() == 4 and block.shape[1] != parts.n_heads:
+        raise UserError(f"a per-head knockout of {block.shape[1]} heads for a model with {parts.n_heads} heads per layer")
     if len(row_layers) != block.shape[0]:
         raise ValueError(f"{len(row_layers)} per-row layer sets for a knockout of {block.shape[0]} rows")
     row_layers = [frozenset(int(l) for l in ls) for ls in row_layers]

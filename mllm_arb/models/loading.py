@@ -49,6 +49,10 @@ def materialise(path: str | Path | None) -> str:
         from ..organism import checkpoint_path
 
         return str(checkpoint_path())
+    if str(path) == "organism_anchor":
+        from ..organism import anchor_path
+
+        return str(anchor_path())
     path = str(path)
     if path.startswith(TINY_PREFIX):
         from .tiny import TINY_FAMILIES, save_tiny_model

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
+#: the planted organism (`model=organism_anchor`): the study's route by construction, with ground_truth.json
+ANCHOR_DIR = Path(__file__).resolve().parent / "anchor"
 
 
 def checkpoint_path() -> Path:
@@ -20,4 +22,13 @@ def checkpoint_path() -> Path:
     return CHECKPOINT_DIR
 
 
-__all__ = ["CHECKPOINT_DIR", "checkpoint_path"]
+def anchor_path() -> Path:
+    """The planted organism's folder (weights, ground_truth.json, MODEL_CARD.md)."""
+    from ..errors import UserError
+
+    if not (ANCHOR_DIR / "config.json").exists():
+        raise UserError(f"the planted organism is missing from {ANCHOR_DIR}; train it with `python -m mllm_arb.organism --config anchor --ship`")
+    return ANCHOR_DIR
+
+
+__all__ = ["ANCHOR_DIR", "CHECKPOINT_DIR", "anchor_path", "checkpoint_path"]

@@ -38,3 +38,21 @@ def first_token_id(tokenizer, answer: str) -> int:
     if not ids or ids[0] == tokenizer.unk_token_id:
         raise ValueError(f"answer {answer!r} is not in the organism's vocabulary")
     return int(ids[0])
+
+
+def batch_with_spans(processor, samples: Sequence[Sample], inputs: dict[str, torch.Tensor], n_prompt: int, image_token_id: int):
+    """`encode`'s output as an adapter `Batch`: every row's token groups, found in its first `n_prompt`
+    columns the way the adapters find them (so the spans training sees are the ones analyses see)."""
+    from ..models.adapter import Batch, token_groups
+
+    tok = processor.tokenizer
+    spans = []
+    for row, sample in enumerate(samples):
+        prompt = prompt_text(processor, sample)
+        mask = inputs["attention_mask"][row, :n_prompt]
+        start = int(mask.nonzero()[0])
+        ids = inputs["input_ids"][row, start:n_prompt].tolist()
+        adds_bos = not (tok.bos_token and prompt.startswith(tok.bos_token))
+        groups = token_groups(tok, prompt, sample, ids, image_token_id, adds_bos)
+        spans.append({g: [p + start for p in pos] for g, pos in groups.items()})
+    return Batch(samples=list(samples), inputs=inputs, spans=spans)

@@ -48,6 +48,45 @@ DEFAULT_TEXT_DOMINANT = {"color": ["red", "yellow"], "shape": ["circle"], "posit
 
 
 @dataclass
+class PlantConfig:
+    """A planted instruction-anchor route (docs/ground-truth.md): the heads that carry it, and how hard
+    training pushes every other head off the edges the route closes."""
+
+    #: [layer, head] of the transfer heads (first half of the layers) and arbitration heads (second half)
+    transfer_heads: list[list[int]] = field(default_factory=lambda: [[0, 2], [1, 5], [2, 1], [3, 6]])
+    arbitration_heads: list[list[int]] = field(default_factory=lambda: [[5, 3], [6, 4]])
+    #: instructed rows train under the route's per-head knockout: the answer can only come through it
+    restrict: bool = True
+    #: restriction and anchor loss start at this step; before it every row trains unrestricted, as the
+    #: natural organism does (the task's features first, then the route)
+    route_start: int = 0
+    #: weight of the mean attention mass the model's own (unrestricted) attention would put on closed
+    #: edges of instructed rows; it makes the open edges irrelevant at inference
+    mass_weight: float = 3.0
+    #: weight of the anchor loss: an instructed row's training label is also the target of the model's
+    #: own output at the instruction's last token (the route's first hop gets a direct signal)
+    anchor_loss_weight: float = 1.0
+    #: the weight is 0 before `mass_start` and reaches `mass_weight` linearly over `mass_ramp` steps
+    mass_start: int = 200
+    mass_ramp: int = 200
+
+    def mass_weight_at(self, step: int) -> float:
+        if step < self.mass_start:
+            return 0.0
+        return self.mass_weight * min(1.0, (step - self.mass_start + 1) / max(1, self.mass_ramp))
+
+    def ground_truth(self, arch: ArchConfig):
+        from .ground_truth import GroundTruth
+
+        return GroundTruth(
+            arch.text_layers,
+            arch.text_heads,
+            tuple((int(l), int(h)) for l, h in self.transfer_heads),
+            tuple((int(l), int(h)) for l, h in self.arbitration_heads),
+        )
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0  # weight init and the order of conditions and paraphrases
     data_seed: int = 0  # the training items' stream (held-out data uses seeds >= 1000)
@@ -87,6 +126,8 @@ class TrainConfig:
     output_dir: str = "outputs/organism/checkpoint"
     overwrite: bool = False
     progress: bool = True
+    #: a planted route (the `organism_anchor` model); None trains the natural organism
+    plant: PlantConfig | None = None
 
     def __post_init__(self) -> None:
         # the top-level image size is the one that counts (data and vision tower must agree)
@@ -112,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"unknown organism training options: {', '.join(unknown)}")
         if "arch" in data and not isinstance(data["arch"], ArchConfig):
             data["arch"] = ArchConfig(**dict(data["arch"]))
+        if data.get("plant") is not None and not isinstance(data["plant"], PlantConfig):
+            data["plant"] = PlantConfig(**dict(data["plant"]))
         if "families" in data:
             data["families"] = tuple(data["families"])
         return cls(**data)
@@ -127,6 +170,13 @@ class TrainConfig:
             bad = [v for v in values if v not in FAMILIES[fam].values]
             if bad:
                 raise ValueError(f"text_dominant[{fam}] holds values that are not answers of the family: {bad}")
+        if self.plant is not None:
+            self.plant.ground_truth(self.arch)  # raises on heads outside the model or the wrong half
+            if self.plant.route_start > self.plant.mass_start and self.plant.mass_weight > 0:
+                raise ValueError("plant.route_start must not come after plant.mass_start")
+            for name in ("mass_weight", "anchor_loss_weight", "mass_start", "mass_ramp", "route_start"):
+                if not getattr(self.plant, name) >= 0:
+                    raise ValueError(f"plant.{name} must be >= 0")
         if self.data_seed == self.eval_seed:
             raise ValueError("data_seed and eval_seed must differ (held-out items come from eval_seed)")
 
@@ -356,19 +406,40 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     load_start = _loadavg()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     run_loss, n_loss = 0.0, 0
+    by_cond: dict[str, list[float]] = {}  # training loss per condition since the last evaluation
     with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
         log["vision"] = pretrain_vision(model, processor, cfg, console, bar)
         log["vision_seconds"] = round(time.perf_counter() - start, 1)
         opt = _optimizer(model, cfg)
+        truth = cfg.plant.ground_truth(arch) if cfg.plant is not None else None
+        if truth is not None:
+            log["mass"] = []
         task = bar.add_task("organism: training", total=cfg.steps)
         for step in range(cfg.steps):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg) * group["lr_scale"]
-            inputs, targets, _ = make_batch(step, cfg, data_cfg, processor)
-            logits = model(**inputs, use_cache=False, logits_to_keep=2).logits.float()
-            loss_answer = F.cross_entropy(logits[:, 0], targets)
+            inputs, targets, samples = make_batch(step, cfg, data_cfg, processor)
+            weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
+            routed = truth is not None and step >= cfg.plant.route_start
+            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant, record_mass=weight > 0) as mass:
+                anchored = mass is not None and cfg.plant.anchor_loss_weight > 0
+                forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
+                logits = forward.logits.float()
+            per_row = F.cross_entropy(logits[:, 0], targets, reduction="none")
+            loss_answer = per_row.mean()
+            for sample, row_loss in zip(samples, per_row.detach().tolist()):
+                by_cond.setdefault(sample.condition.value, []).append(row_loss)
             loss_eos = F.cross_entropy(logits[:, 1], torch.full_like(targets, eos))
             loss = loss_answer + cfg.eos_loss_weight * loss_eos
+            if anchored:
+                rows, ends = _instruction_ends(mass.batch)
+                if rows.numel():
+                    anchor_logits = model.lm_head(forward.hidden_states[-1][rows, ends]).float()
+                    loss = loss + cfg.plant.anchor_loss_weight * F.cross_entropy(anchor_logits, targets[rows])
+            if mass is not None and mass.mass:
+                penalty = mass.penalty()
+                loss = loss + weight * penalty
+                log["mass"].append([step, round(float(penalty.detach()), 6), round(mass.max(), 4)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -378,15 +449,19 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             run_loss += step_loss
             n_loss += 1
             log["step_loss"].append(round(step_loss, 5))
-            bar.update(task, advance=1, description=f"organism: loss {run_loss / n_loss:.3f}")
+            closed = f", closed-edge mass {log['mass'][-1][1]:.4f}" if truth is not None and log["mass"] else ""
+            bar.update(task, advance=1, description=f"organism: loss {run_loss / n_loss:.3f}{closed}")
             last = step == cfg.steps - 1
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
                 summary = evaluate(model, processor, eval_items)
                 model.train()
                 elapsed = time.perf_counter() - start
-                log["eval"].append({"step": step + 1, "seconds": round(elapsed, 1), "train_loss": run_loss / n_loss, "summary": summary})
+                cond_loss = {c: round(sum(v) / len(v), 4) for c, v in sorted(by_cond.items())}
+                log["eval"].append({"step": step + 1, "seconds": round(elapsed, 1), "train_loss": run_loss / n_loss,
+                                    "train_loss_by_condition": cond_loss, "summary": summary})
                 bar.console.print(f"step {step + 1:5d}  {elapsed:6.0f}s  loss {run_loss / n_loss:.4f}  held-out: {format_summary(summary)}")
-                run_loss, n_loss = 0.0, 0
+                bar.console.print("  training loss by condition: " + " ".join(f"{c}={v:.3f}" for c, v in cond_loss.items()))
+                run_loss, n_loss, by_cond = 0.0, 0, {}
             if cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes and not last:
                 log["stopped_early"] = True
                 log["stopped_at_step"] = step + 1
@@ -397,6 +472,8 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    if truth is not None:
+        truth.write(out)
     log.update(
         {
             "config": cfg.to_dict(),
@@ -415,6 +492,48 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     console.print(f"organism saved to {out} after {train_seconds:.0f}s")
     return out
+
+
+@contextmanager
+def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = True):
+    """One forward under the plant (None: no plant): instructed rows restricted to the route (with
+    `plant.restrict`), and the mass the model's own mask would give the closed edges recorded."""
+    if truth is None:
+        yield None
+        return
+    from contextlib import nullcontext
+
+    from ..interventions.plant import forbidden_mass, restrict_blocks, route_blocks
+    from ..models.llava import LlavaAdapter
+    from .batching import batch_with_spans
+
+    n_prompt = inputs["input_ids"].shape[1] - 1  # the appended target belongs to no group
+    batch = batch_with_spans(processor, samples, inputs, n_prompt, model.config.image_token_id)
+    blocks = route_blocks(batch, truth)
+    # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
+    restriction = restrict_blocks(LlavaAdapter(model, processor), blocks) if plant.restrict else nullcontext()
+    recorder = forbidden_mass(model, blocks) if record_mass else _no_mass(batch)
+    with restriction, recorder as record:
+        record.batch = batch
+        yield record
+
+
+@contextmanager
+def _no_mass(batch):
+    """What `_route` yields while the penalty's weight is 0: the spans, no recorded mass (it costs time)."""
+    from ..interventions.plant import MassRecord
+
+    record = MassRecord({})
+    record.batch = batch
+    yield record
+
+
+def _instruction_ends(batch):
+    """(rows, positions): each instructed row and the position of its instruction's last token."""
+    import torch
+
+    found = [(row, max(spans["instruction"])) for row, spans in enumerate(batch.spans) if spans.get("instruction")]
+    return torch.tensor([r for r, _ in found], dtype=torch.long), torch.tensor([p for _, p in found], dtype=torch.long)
 
 
 def _optimizer(model, cfg: TrainConfig):

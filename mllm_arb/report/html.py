@@ -400,6 +400,9 @@ def render_report(study: Study) -> str:
     page.add("blocking", "Blocking", hs.blocking(study, page, generic_caption))
     page.add("amplification", "Amplification", hs.amplification(study, page, generic_caption))
     page.add("controls", "Controls", controls(study, page))
+    checked = validation_of(study)
+    if checked is not None:
+        page.add("validation", "Validation against the ground truth", validation(checked))
     missing = [s for s in study.missing]
     lead = ("How this model decides between the image and a conflicting text context when an instruction names the "
             "source to trust: behaviour, where the information flows, which heads carry it, and what editing them does.")
@@ -407,6 +410,50 @@ def render_report(study: Study) -> str:
                    if missing else "")
     intro = f'<p class="sub">{esc(lead)}</p>{stage_strip(study)}{absent_line}'
     return page.render(intro, footer(study_paths(study)))
+
+
+def validation_of(study: Study) -> Mapping | None:
+    """validation.json of the study's `validate` parent, if the study is one."""
+    if study.parent is None:
+        return None
+    found = study.parent.extra.get("validation")
+    return found if isinstance(found, Mapping) else None
+
+
+def validation(v: Mapping) -> str:
+    """What `mllm-arb validate` measured: each analysis scored against the route the model was trained to use."""
+    ko, hd, gt = v["knockout"], v["heads"], v["ground_truth"]
+    c = ko["confusion"]
+    heads = lambda hs_: ", ".join(f"L{l}H{h}" for l, h in hs_)  # noqa: E731
+    out = [f"<p>The model ships a ground truth: transfer heads {esc(heads(gt['transfer_heads']))} (layers "
+           f"{gt['shallow_layers'][0]}–{gt['shallow_layers'][-1]}), arbitration heads {esc(heads(gt['arbitration_heads']))} "
+           "(the later layers). Each analysis below is scored against it.</p>"]
+    out.append(table(["", "detected", "not detected", "rate"], [
+        ["planted", c["planted_detected"], c["planted_missed"], f"true-positive rate {num(ko['true_positive_rate'])}"],
+        ["not planted", c["other_detected"], c["other_quiet"], f"false-positive rate {num(ko['false_positive_rate'])}"],
+    ], caption=f"Knockout cells (setting × edge × window): detected when the 95% interval excludes 0 and |mean Δ log-odds| ≥ "
+               f"{ko['min_effect']}.", sortable=False))
+    out.append(table(["edge", "setting", "planted layers", "peak layer", "peak Δ log-odds", "inside"], [
+        [p["edge"], p["setting"], f"{p['planted_layers'][0]}–{p['planted_layers'][-1]}", p["peak_layer"], num(p["peak_mean"], 2, True),
+         badge(p["inside"])] for p in ko["peaks"]
+    ], caption="Where each planted edge's knockout peaks."))
+    rows = []
+    for m, s in hd["methods"].items():
+        name = f"{m} (recovers best)" if m == hd["best_method"] else m
+        rows.append([name, num(s["auroc"]), num(s["top_fraction"]["precision"]), num(s["top_planted_count"]["recall"]),
+                     " ".join(f"{k}: {r}" for k, r in s["planted_ranks"].items())])
+    n_planted = len(gt["transfer_heads"]) + len(gt["arbitration_heads"])
+    out.append(table(["method", "AUROC", f"precision of the top {hd['n_top']}", f"recall of the top {n_planted}", "planted heads' ranks"],
+                     rows, caption="Each ranking method against the planted heads."))
+    verdicts = ", ".join(f"({k[0]}) {'holds' if f['holds'] else 'does not hold' if f['holds'] is False else 'not checkable'}"
+                         for k, f in v["findings"].items())
+    out.append(f"<p>The study's findings on this model: {esc(verdicts)}.</p>")
+    b = v["blocking"]
+    pooled = b["mfr"].get("conflict")
+    if pooled:
+        out.append(f"<p>Blocking the {len(b['heads'])} selected heads ({b['planted_among_them']} of them planted) moves MFR from "
+                   f"{num(pooled['before'])} to {num(pooled['top'])}; random sets of the same size: {num(pooled.get('random'))}.</p>")
+    return "".join(out)
 
 
 def study_paths(study: Study) -> list[Path]:

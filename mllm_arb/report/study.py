@@ -19,6 +19,9 @@ from ..errors import UserError
 #: the stages of a study, in pipeline order (what `mllm-arb run` chains)
 STAGES = ("build-data", "evaluate", "analyze", "rank-heads", "ablate", "amplify")
 PARENT = "run"
+#: commands whose run directory holds stage runs of its own: `run` chains the study, `validate` scores it
+#: against a model's ground truth (its validation.json becomes a section of the page)
+PARENTS = (PARENT, "validate")
 #: how deep below a named folder run directories are looked for
 MAX_DEPTH = 5
 
@@ -120,10 +123,10 @@ def read_run(path: Path) -> StageRun:
 def stage_of(run: StageRun) -> str:
     """The command that wrote a run directory: its manifest says so; else its files and keys tell."""
     named = str(run.manifest.get("command", ""))
-    if named in STAGES or named == PARENT:
+    if named in STAGES or named in PARENTS:
         return named
     folder = run.path.name if run.path.name in STAGES else run.path.parent.parent.name
-    if folder in STAGES or folder == PARENT:
+    if folder in STAGES or folder in PARENTS:
         return folder
     r, files = run.results, {p.name for p in run.path.iterdir()}
     if "knockout" in r or "knockout.parquet" in files:
@@ -200,7 +203,7 @@ def collect_runs(paths: list[Path]) -> tuple[list[StageRun], list[StageRun]]:
             return
         seen.add(key)
         run = read_run(p)
-        if run.command == PARENT:
+        if run.command in PARENTS:
             parents.append(run)
             for q in linked_runs(run):
                 add(q)

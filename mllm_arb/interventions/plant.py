@@ -1,0 +1,127 @@
+"""The planted route as attention masks: which (query, key) entries each head of each layer must leave
+alone on an instructed prompt (`route_blocks`), the attention mass a model puts on them
+(`forbidden_mass`, the training penalty and the plant's check), and the route enforced as a per-head
+knockout (`restrict_to_route`, the same knockout every analysis uses, with a heads dimension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..models.adapter import Batch
+from ..organism.ground_truth import AFTER_INSTRUCTION, SOURCES, GroundTruth
+from .attention_interface import wrap_text_attention
+from .knockout import _Knockout, knock_out_rows
+
+
+def _pairs(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """`[B, T, T]`: query rows `rows` reading key columns `cols`."""
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def route_blocks(batch: Batch, truth: GroundTruth) -> dict[int, torch.Tensor]:
+    """Per decoder layer, `[B, H, T, T]` True where head h's query t may not read key s on the route
+    (instructed rows only; rows without an instruction block nothing; a position always reads itself)."""
+    g = {name: batch.group_mask(name) for name in (*SOURCES, "instruction", "last", *AFTER_INSTRUCTION)}
+    instructed = g["instruction"].any(1)[:, None]
+    after = torch.zeros_like(g["last"])
+    for name in AFTER_INSTRUCTION:
+        after |= g[name]
+    after &= ~g["last"]
+    sources = g["image"] | g["context"]
+    always = _pairs(g["context"], g["image"]) | _pairs(after, sources | g["instruction"]) | _pairs(g["last"], sources)
+    transfer = _pairs(g["instruction"], sources)
+    arbitration = _pairs(g["last"], g["instruction"])
+    n_rows, n_tok = g["last"].shape
+    keep = ~torch.eye(n_tok, dtype=torch.bool, device=always.device)
+    instructed = instructed[:, :, None]
+    blocks = {}
+    for layer in range(truth.n_layers):
+        block = always[:, None].repeat(1, truth.n_heads, 1, 1)
+        shallow = layer in truth.shallow
+        for head in range(truth.n_heads):
+            if not (shallow and (layer, head) in truth.transfer_heads):
+                block[:, head] |= transfer
+            if shallow or (layer, head) not in truth.arbitration_heads:
+                block[:, head] |= arbitration
+        blocks[layer] = block & keep & instructed[:, None]
+    return blocks
+
+
+@contextmanager
+def restrict_to_route(adapter, batch: Batch, truth: GroundTruth) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, every head reads only what the route allows (per-head knockouts, one per layer)."""
+    blocks = route_blocks(batch, truth)
+    with restrict_blocks(adapter, blocks):
+        yield blocks
+
+
+def restrict_blocks(adapter, blocks: dict[int, torch.Tensor]):
+    """`route_blocks`' masks as knockouts, each in its own layer."""
+    n_rows = next(iter(blocks.values())).shape[0]
+    return _nested(adapter, blocks, n_rows)
+
+
+@contextmanager
+def _nested(adapter, blocks: dict[int, torch.Tensor], n_rows: int, layers: list[int] | None = None):
+    layers = sorted(blocks) if layers is None else layers
+    if not layers:
+        yield
+        return
+    first, rest = layers[0], layers[1:]
+    with knock_out_rows(adapter, blocks[first], [{first}] * n_rows), _nested(adapter, blocks, n_rows, rest):
+        yield
+
+
+class MassRecord:
+    """Per layer, the attention mass each (row, head, query) puts on its blocked keys (with autograd)."""
+
+    def __init__(self, blocks: dict[int, torch.Tensor]) -> None:
+        self.blocks = blocks
+        self.mass: dict[int, torch.Tensor] = {}
+        self.counted: dict[int, torch.Tensor] = {}
+
+    def penalty(self) -> torch.Tensor:
+        """Mean blocked mass over the (row, head, query) triples that have a blocked key."""
+        total = sum(m.sum() for m in self.mass.values())
+        count = sum(c.sum() for c in self.counted.values())
+        return total / max(1, int(count))
+
+    def max(self) -> float:
+        return max((float(m.detach().max()) for m in self.mass.values()), default=0.0)
+
+
+@contextmanager
+def forbidden_mass(model, blocks: dict[int, torch.Tensor]) -> Iterator[MassRecord]:
+    """Within the block, every forward pass records `MassRecord`: the softmax mass the model's own
+    attention (its own mask, unchanged) puts on the entries `blocks` marks, recomputed from the query
+    and key the attention call receives. The forward itself is untouched."""
+    record = MassRecord(blocks)
+
+    def attention(base, module, query, key, value, attention_mask, *args, **kwargs):
+        layer = getattr(module, "layer_idx", None)
+        if layer in blocks:
+            n_q, n_k = query.shape[2], key.shape[2]
+            blocked = _Knockout._blocked(blocks[layer], n_q, n_k, query.device)
+            groups = query.shape[1] // key.shape[1]
+            k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+            scores = (query.float() @ k.float().transpose(-1, -2)) * module.scaling
+            # a finite floor, not -inf: a padding row that may read nothing must not turn into NaN
+            floor = torch.finfo(torch.float32).min
+            if attention_mask is None:
+                allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).tril(n_k - n_q)
+                scores = scores.masked_fill(~allowed, floor)
+            elif attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask[..., :n_k], floor)
+            else:
+                scores = (scores + attention_mask[..., :n_k].float()).clamp_min(floor)
+            probs = scores.softmax(-1)
+            record.mass[layer] = (probs * blocked).sum(-1)
+            record.counted[layer] = blocked.any(-1)
+        return base(module, query, key, value, attention_mask, *args, **kwargs)
+
+    with wrap_text_attention(model, attention, "the planted route's attention mass"):
+        yield record
