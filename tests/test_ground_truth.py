@@ -182,3 +182,31 @@ def test_validate_refuses_a_ground_truth_for_another_shape(tmp_path):
     result = CliRunner().invoke(app, ["validate", f"model.path={model}", f"output_dir={tmp_path / 'out'}"])
     assert result.exit_code == 2 and "12 layers × 8 heads" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ training a plant
+def test_a_short_planted_run_saves_its_ground_truth_and_pushes_mass_off_closed_edges(tmp_path):
+    from mllm_arb.organism.train import train
+
+    cfg = {
+        "output_dir": str(tmp_path / "plant"), "steps": 12, "batch_size": 8, "vision_steps": 2, "eval_every": 0,
+        "eval_items": 2, "progress": False, "threads": 1,
+        "plant": {"route_start": 2, "mass_start": 4, "mass_ramp": 1, "mass_weight": 50.0},
+    }
+    out = train(cfg)
+    truth = load(out)
+    assert truth is not None and truth.planted_heads == ((0, 2), (1, 5), (2, 1), (3, 6), (5, 3), (6, 4))
+    log = json.loads((out / "training_log.json").read_text())
+    steps = [m[0] for m in log["mass"]]
+    assert steps == list(range(4, 12))  # the penalty is recorded from mass_start on
+    assert log["mass"][-1][1] < log["mass"][0][1]  # and a heavy weight lowers the closed-edge mass
+    assert {"text_following", "vision_following"} & set(log["eval"][-1]["train_loss_by_condition"])
+
+
+@pytest.mark.parametrize("bad, message", [({"transfer_heads": [[5, 1]]}, "L5H1"), ({"route_start": 900, "mass_start": 10}, "route_start"),
+                                          ({"attention_weight": -1}, "attention_weight")])
+def test_bad_plant_options_are_refused(bad, message):
+    from mllm_arb.organism.train import TrainConfig
+
+    with pytest.raises((ValueError, UserError), match=message):
+        TrainConfig.from_any({"plant": bad}).validate()

@@ -51,6 +51,29 @@ def route_blocks(batch: Batch, truth: GroundTruth) -> dict[int, torch.Tensor]:
     return blocks
 
 
+def route_targets(batch: Batch, truth: GroundTruth) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer with planted heads, `(rows [B, H, T], keys [B, H, T, T])`: the query rows each planted
+    head serves on an instructed row (instruction positions for a transfer head, the last position for
+    an arbitration head) and the keys its edge opens (image and context; the instruction)."""
+    g = {name: batch.group_mask(name) for name in (*SOURCES, "instruction", "last")}
+    instructed = g["instruction"].any(1)[:, None]
+    n_rows, n_tok = g["last"].shape
+    out = {}
+    for layer in range(truth.n_layers):
+        rows = torch.zeros(n_rows, truth.n_heads, n_tok, dtype=torch.bool, device=g["last"].device)
+        keys = torch.zeros(n_rows, truth.n_heads, n_tok, n_tok, dtype=torch.bool, device=g["last"].device)
+        for head in range(truth.n_heads):
+            if (layer, head) in truth.transfer_heads:
+                rows[:, head] = g["instruction"] & instructed
+                keys[:, head] = _pairs(g["instruction"], g["image"] | g["context"])
+            elif (layer, head) in truth.arbitration_heads:
+                rows[:, head] = g["last"] & instructed
+                keys[:, head] = _pairs(g["last"], g["instruction"])
+        if rows.any():
+            out[layer] = (rows, keys)
+    return out
+
+
 @contextmanager
 def restrict_to_route(adapter, batch: Batch, truth: GroundTruth) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, every head reads only what the route allows (per-head knockouts, one per layer)."""
@@ -77,12 +100,20 @@ def _nested(adapter, blocks: dict[int, torch.Tensor], n_rows: int, layers: list[
 
 
 class MassRecord:
-    """Per layer, the attention mass each (row, head, query) puts on its blocked keys (with autograd)."""
+    """Per layer, the attention mass each (row, head, query) puts on its blocked keys (with autograd),
+    and, with route targets, the mass each planted head's served rows put on the keys its edge opens."""
 
-    def __init__(self, blocks: dict[int, torch.Tensor]) -> None:
+    def __init__(self, blocks: dict[int, torch.Tensor], targets: dict | None = None) -> None:
         self.blocks = blocks
+        self.targets = targets or {}
         self.mass: dict[int, torch.Tensor] = {}
         self.counted: dict[int, torch.Tensor] = {}
+        self.target_mass: dict[int, torch.Tensor] = {}
+
+    def route_loss(self) -> torch.Tensor:
+        """Mean -log of the mass planted heads put on their open edges, over the rows they serve."""
+        terms = [-(m[self.targets[l][0]] + 1e-6).log() for l, m in self.target_mass.items()]
+        return torch.cat(terms).mean() if terms else torch.zeros(())
 
     def penalty(self) -> torch.Tensor:
         """Mean blocked mass over the (row, head, query) triples that have a blocked key."""
@@ -95,15 +126,15 @@ class MassRecord:
 
 
 @contextmanager
-def forbidden_mass(model, blocks: dict[int, torch.Tensor]) -> Iterator[MassRecord]:
+def forbidden_mass(model, blocks: dict[int, torch.Tensor], targets: dict | None = None) -> Iterator[MassRecord]:
     """Within the block, every forward pass records `MassRecord`: the softmax mass the model's own
     attention (its own mask, unchanged) puts on the entries `blocks` marks, recomputed from the query
     and key the attention call receives. The forward itself is untouched."""
-    record = MassRecord(blocks)
+    record = MassRecord(blocks, targets)
 
     def attention(base, module, query, key, value, attention_mask, *args, **kwargs):
         layer = getattr(module, "layer_idx", None)
-        if layer in blocks:
+        if layer in blocks or layer in record.targets:
             n_q, n_k = query.shape[2], key.shape[2]
             blocked = _Knockout._blocked(blocks[layer], n_q, n_k, query.device)
             groups = query.shape[1] // key.shape[1]
@@ -121,6 +152,9 @@ def forbidden_mass(model, blocks: dict[int, torch.Tensor]) -> Iterator[MassRecor
             probs = scores.softmax(-1)
             record.mass[layer] = (probs * blocked).sum(-1)
             record.counted[layer] = blocked.any(-1)
+            if layer in record.targets:
+                keys = _Knockout._blocked(record.targets[layer][1], n_q, n_k, query.device)
+                record.target_mass[layer] = (probs * keys).sum(-1)
         return base(module, query, key, value, attention_mask, *args, **kwargs)
 
     with wrap_text_attention(model, attention, "the planted route's attention mass"):

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in args if a != "--ship"]
     cfg = compose(name, overrides)
     if ship:
-        cfg.output_dir, cfg.overwrite = str(ANCHOR_DIR if name == "anchor" else CHECKPOINT_DIR), True
+        cfg.output_dir, cfg.overwrite = str(ANCHOR_DIR if name.startswith("anchor") else CHECKPOINT_DIR), True
     path = train(cfg)
-    if ship and name == "anchor":
+    if ship and name.startswith("anchor"):
         from .anchor_card import document_anchor
 
         done = document_anchor(path, threads=cfg.threads)

@@ -23,6 +23,10 @@ FAILED_ATTEMPTS = [
     "(1.62-1.65) from step 100 to step 225. The two-hop route gets too weak a signal at the start: each hop averages over "
     "dozens of positions. With the anchor loss added (the label is also the target at the instruction's last token), the "
     "same run broke through at step 200 and reached 0.10 by step 300. The anchor loss is what made the route learnable.",
+    "Restriction and anchor loss from step 0 with the natural organism's condition mix, 1,000 steps: every condition "
+    "learnt slowly (controls included); at step 600 the instructed losses were 1.39 (text) and 1.23 (vision). Stopped.",
+    "The same with more instructed prompts (30% text, 40% vision following) and 300 unrestricted steps first: controls "
+    "learnt by step 300, but at step 700 the instructed losses were still 1.29 and 1.22. Stopped.",
 ]
 
 
@@ -63,12 +67,19 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
         "",
         "## Recipe",
         "",
-        f"1. Stage 1 as for the natural organism (vision tower, {cfg['vision_steps']} steps).",
+        *([f"0. This checkpoint continues a first run (`init_from`, {training_log['init_from']['config']['steps']} steps, "
+            "config `conf/organism/anchor.yaml`) for the steps below (`conf/organism/anchor_continue.yaml`); the first run's "
+            f"own stage 2 started restriction at step {training_log['init_from']['config']['plant']['route_start']} and the "
+            f"penalty at step {training_log['init_from']['config']['plant']['mass_start']}. "
+            f"First run: {(training_log['init_from'].get('train_seconds') or 0) / 60:.1f} min."] if training_log.get("init_from") else []),
+        f"1. Stage 1 as for the natural organism (vision tower, {cfg['vision_steps']} steps{', in the first run' if training_log.get('init_from') else ''}).",
         f"2. Stage 2, {cfg['steps']} steps: every instructed row runs under the route's per-head knockout (`restrict: "
         f"{str(p['restrict']).lower()}`; the toolkit's own knockout with a heads dimension), so its answer can only come "
         "through the route; rows without an instruction run unrestricted. An anchor loss (weight "
         f"{p['anchor_loss_weight']}) makes the instructed row's label also the target of the model's own output at the "
-        "instruction's last token, which gives the route's first hop a direct signal.",
+        "instruction's last token, which gives the route's first hop a direct signal. An attention loss (weight "
+        f"{p['attention_weight']}: -log of the mass each planted head's rows put on the keys its edge opens) points the "
+        "planted heads at their edges.",
         f"3. From step {p['mass_start']} (weight ramping to {p['mass_weight']} over {p['mass_ramp']} steps), a penalty on the "
         "mean attention mass the model's *own* mask would give the closed edges of instructed rows (recomputed from each "
         "attention call's queries and keys): it makes the open edges irrelevant at inference, so the plain model behaves as the "

@@ -66,6 +66,9 @@ class PlantConfig:
     #: weight of the anchor loss: an instructed row's training label is also the target of the model's
     #: own output at the instruction's last token (the route's first hop gets a direct signal)
     anchor_loss_weight: float = 1.0
+    #: weight of the route's attention loss: -log of the mass each planted head's served rows put on the
+    #: keys its edge opens (instruction rows on image and context; the last row on the instruction)
+    attention_weight: float = 1.0
     #: the weight is 0 before `mass_start` and reaches `mass_weight` linearly over `mass_ramp` steps
     mass_start: int = 200
     mass_ramp: int = 200
@@ -123,6 +126,9 @@ class TrainConfig:
     eval_every: int = 100
     eval_items: int = 32  # per condition, for the periodic held-out metrics
     max_minutes: float | None = None  # safety stop (breaks determinism when hit; recorded)
+    #: continue from a saved organism's weights (same architecture) instead of a fresh init; stage 1 is
+    #: skipped. A second stage of training, recorded in the log beside the first's config
+    init_from: str | None = None
     output_dir: str = "outputs/organism/checkpoint"
     overwrite: bool = False
     progress: bool = True
@@ -174,7 +180,7 @@ class TrainConfig:
             self.plant.ground_truth(self.arch)  # raises on heads outside the model or the wrong half
             if self.plant.route_start > self.plant.mass_start and self.plant.mass_weight > 0:
                 raise ValueError("plant.route_start must not come after plant.mass_start")
-            for name in ("mass_weight", "anchor_loss_weight", "mass_start", "mass_ramp", "route_start"):
+            for name in ("mass_weight", "anchor_loss_weight", "attention_weight", "mass_start", "mass_ramp", "route_start"):
                 if not getattr(self.plant, name) >= 0:
                     raise ValueError(f"plant.{name} must be >= 0")
         if self.data_seed == self.eval_seed:
@@ -396,6 +402,8 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     arch = cfg.arch
     processor = build_processor(arch)
     model = build_model(processor, arch, seed=cfg.seed)
+    if cfg.init_from:
+        _load_weights(model, Path(cfg.init_from))
     model.train()
     eos = processor.tokenizer.eos_token_id
     data_cfg = SyntheticConfig(n_items=cfg.steps * cfg.batch_size, seed=cfg.data_seed, image_size=cfg.image_size, families=cfg.families)
@@ -408,7 +416,10 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     run_loss, n_loss = 0.0, 0
     by_cond: dict[str, list[float]] = {}  # training loss per condition since the last evaluation
     with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
-        log["vision"] = pretrain_vision(model, processor, cfg, console, bar)
+        if cfg.init_from:
+            first = json.loads((Path(cfg.init_from) / "training_log.json").read_text())
+            log["init_from"] = {"path": str(cfg.init_from), "config": first["config"], "train_seconds": first.get("train_seconds")}
+        log["vision"] = [] if cfg.init_from else pretrain_vision(model, processor, cfg, console, bar)
         log["vision_seconds"] = round(time.perf_counter() - start, 1)
         opt = _optimizer(model, cfg)
         truth = cfg.plant.ground_truth(arch) if cfg.plant is not None else None
@@ -421,7 +432,8 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             inputs, targets, samples = make_batch(step, cfg, data_cfg, processor)
             weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
             routed = truth is not None and step >= cfg.plant.route_start
-            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant, record_mass=weight > 0) as mass:
+            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant,
+                        record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as mass:
                 anchored = mass is not None and cfg.plant.anchor_loss_weight > 0
                 forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
                 logits = forward.logits.float()
@@ -436,7 +448,9 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
                 if rows.numel():
                     anchor_logits = model.lm_head(forward.hidden_states[-1][rows, ends]).float()
                     loss = loss + cfg.plant.anchor_loss_weight * F.cross_entropy(anchor_logits, targets[rows])
-            if mass is not None and mass.mass:
+            if mass is not None and mass.targets:
+                loss = loss + cfg.plant.attention_weight * mass.route_loss()
+            if mass is not None and weight > 0:
                 penalty = mass.penalty()
                 loss = loss + weight * penalty
                 log["mass"].append([step, round(float(penalty.detach()), 6), round(mass.max(), 4)])
@@ -503,7 +517,7 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
         return
     from contextlib import nullcontext
 
-    from ..interventions.plant import forbidden_mass, restrict_blocks, route_blocks
+    from ..interventions.plant import forbidden_mass, restrict_blocks, route_blocks, route_targets
     from ..models.llava import LlavaAdapter
     from .batching import batch_with_spans
 
@@ -512,7 +526,8 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
     blocks = route_blocks(batch, truth)
     # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
     restriction = restrict_blocks(LlavaAdapter(model, processor), blocks) if plant.restrict else nullcontext()
-    recorder = forbidden_mass(model, blocks) if record_mass else _no_mass(batch)
+    targets = route_targets(batch, truth) if plant.attention_weight > 0 else None
+    recorder = forbidden_mass(model, blocks, targets) if record_mass else _no_mass(batch)
     with restriction, recorder as record:
         record.batch = batch
         yield record
@@ -534,6 +549,17 @@ def _instruction_ends(batch):
 
     found = [(row, max(spans["instruction"])) for row, spans in enumerate(batch.spans) if spans.get("instruction")]
     return torch.tensor([r for r, _ in found], dtype=torch.long), torch.tensor([p for _, p in found], dtype=torch.long)
+
+
+def _load_weights(model, folder: Path) -> None:
+    """The weights of a saved organism, which must have this architecture exactly."""
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"init_from {folder}: no saved organism there")
+    saved = type(model).from_pretrained(str(folder), dtype=model.dtype)  # transformers maps the saved key names
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"init_from {folder}: not an organism of this architecture ({str(exc).splitlines()[0]})") from None
 
 
 def _optimizer(model, cfg: TrainConfig):
