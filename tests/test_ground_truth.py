@@ -204,9 +204,23 @@ def test_a_short_planted_run_saves_its_ground_truth_and_pushes_mass_off_closed_e
 
 
 @pytest.mark.parametrize("bad, message", [({"transfer_heads": [[5, 1]]}, "L5H1"), ({"route_start": 900, "mass_start": 10}, "route_start"),
-                                          ({"attention_weight": -1}, "attention_weight")])
+                                          ({"attention_weight": -1}, "attention_weight"), ({"mass_weight": "heavy"}, "mass_weight"),
+                                          ({"mass_start": 2.5}, "whole number"), ({"restrict": "yes"}, "true or false")])
 def test_bad_plant_options_are_refused(bad, message):
     from mllm_arb.organism.train import TrainConfig
 
     with pytest.raises((ValueError, UserError), match=message):
         TrainConfig.from_any({"plant": bad}).validate()
+
+
+def test_init_from_must_name_a_saved_organism(tmp_path):
+    from mllm_arb.organism.train import TrainConfig
+
+    with pytest.raises(ValueError, match="no saved organism"):
+        TrainConfig.from_any({"init_from": str(tmp_path)}).validate()
+
+
+def test_validate_refuses_a_bad_min_effect(tmp_path):
+    result = CliRunner().invoke(app, ["validate", "validate.min_effect=0", f"output_dir={tmp_path / 'out'}"])
+    assert result.exit_code == 2 and "validate.min_effect" in result.output
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ knockout (`restrict_to_route`, the same knockout every analysis uses, with a hea
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -82,20 +82,13 @@ def restrict_to_route(adapter, batch: Batch, truth: GroundTruth) -> Iterator[dic
         yield blocks
 
 
-def restrict_blocks(adapter, blocks: dict[int, torch.Tensor]):
+@contextmanager
+def restrict_blocks(adapter, blocks: dict[int, torch.Tensor]) -> Iterator[None]:
     """`route_blocks`' masks as knockouts, each in its own layer."""
     n_rows = next(iter(blocks.values())).shape[0]
-    return _nested(adapter, blocks, n_rows)
-
-
-@contextmanager
-def _nested(adapter, blocks: dict[int, torch.Tensor], n_rows: int, layers: list[int] | None = None):
-    layers = sorted(blocks) if layers is None else layers
-    if not layers:
-        yield
-        return
-    first, rest = layers[0], layers[1:]
-    with knock_out_rows(adapter, blocks[first], [{first}] * n_rows), _nested(adapter, blocks, n_rows, rest):
+    with ExitStack() as stack:
+        for layer, block in sorted(blocks.items()):
+            stack.enter_context(knock_out_rows(adapter, block, [{layer}] * n_rows))
         yield
 
 

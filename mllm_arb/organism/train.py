@@ -180,9 +180,16 @@ class TrainConfig:
             self.plant.ground_truth(self.arch)  # raises on heads outside the model or the wrong half
             if self.plant.route_start > self.plant.mass_start and self.plant.mass_weight > 0:
                 raise ValueError("plant.route_start must not come after plant.mass_start")
-            for name in ("mass_weight", "anchor_loss_weight", "attention_weight", "mass_start", "mass_ramp", "route_start"):
-                if not getattr(self.plant, name) >= 0:
-                    raise ValueError(f"plant.{name} must be >= 0")
+            for name, kind in (("mass_weight", float), ("anchor_loss_weight", float), ("attention_weight", float),
+                               ("mass_start", int), ("mass_ramp", int), ("route_start", int)):
+                value = getattr(self.plant, name)
+                allowed = (int,) if kind is int else (int, float)
+                if isinstance(value, bool) or not isinstance(value, allowed) or not value >= 0:
+                    raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
+            if not isinstance(self.plant.restrict, bool):
+                raise ValueError(f"plant.restrict must be true or false, not {self.plant.restrict!r}")
+        if self.init_from is not None and not (Path(str(self.init_from)) / "config.json").is_file():
+            raise ValueError(f"init_from {self.init_from}: no saved organism there")
         if self.data_seed == self.eval_seed:
             raise ValueError("data_seed and eval_seed must differ (held-out items come from eval_seed)")
 
@@ -417,8 +424,9 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     by_cond: dict[str, list[float]] = {}  # training loss per condition since the last evaluation
     with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
         if cfg.init_from:
-            first = json.loads((Path(cfg.init_from) / "training_log.json").read_text())
-            log["init_from"] = {"path": str(cfg.init_from), "config": first["config"], "train_seconds": first.get("train_seconds")}
+            first_log = Path(cfg.init_from) / "training_log.json"
+            first = json.loads(first_log.read_text()) if first_log.is_file() else {}
+            log["init_from"] = {"path": str(cfg.init_from), "config": first.get("config"), "train_seconds": first.get("train_seconds")}
         log["vision"] = [] if cfg.init_from else pretrain_vision(model, processor, cfg, console, bar)
         log["vision_seconds"] = round(time.perf_counter() - start, 1)
         opt = _optimizer(model, cfg)
@@ -433,8 +441,8 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
             routed = truth is not None and step >= cfg.plant.route_start
             with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant,
-                        record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as mass:
-                anchored = mass is not None and cfg.plant.anchor_loss_weight > 0
+                        record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as (batch, mass):
+                anchored = batch is not None and cfg.plant.anchor_loss_weight > 0
                 forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
                 logits = forward.logits.float()
             per_row = F.cross_entropy(logits[:, 0], targets, reduction="none")
@@ -444,7 +452,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             loss_eos = F.cross_entropy(logits[:, 1], torch.full_like(targets, eos))
             loss = loss_answer + cfg.eos_loss_weight * loss_eos
             if anchored:
-                rows, ends = _instruction_ends(mass.batch)
+                rows, ends = _instruction_ends(batch)
                 if rows.numel():
                     anchor_logits = model.lm_head(forward.hidden_states[-1][rows, ends]).float()
                     loss = loss + cfg.plant.anchor_loss_weight * F.cross_entropy(anchor_logits, targets[rows])
@@ -510,10 +518,11 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
 
 @contextmanager
 def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = True):
-    """One forward under the plant (None: no plant): instructed rows restricted to the route (with
-    `plant.restrict`), and the mass the model's own mask would give the closed edges recorded."""
+    """One forward under the plant: yields `(batch with spans, mass record)`, both None without a plant
+    (the record None when not asked for: it costs time). Instructed rows are restricted to the route
+    (with `plant.restrict`); the record holds the mass the model's own mask would give closed edges."""
     if truth is None:
-        yield None
+        yield None, None
         return
     from contextlib import nullcontext
 
@@ -524,23 +533,12 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
     n_prompt = inputs["input_ids"].shape[1] - 1  # the appended target belongs to no group
     batch = batch_with_spans(processor, samples, inputs, n_prompt, model.config.image_token_id)
     blocks = route_blocks(batch, truth)
-    # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
     restriction = restrict_blocks(LlavaAdapter(model, processor), blocks) if plant.restrict else nullcontext()
     targets = route_targets(batch, truth) if plant.attention_weight > 0 else None
-    recorder = forbidden_mass(model, blocks, targets) if record_mass else _no_mass(batch)
+    # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
+    recorder = forbidden_mass(model, blocks, targets) if record_mass else nullcontext()
     with restriction, recorder as record:
-        record.batch = batch
-        yield record
-
-
-@contextmanager
-def _no_mass(batch):
-    """What `_route` yields while the penalty's weight is 0: the spans, no recorded mass (it costs time)."""
-    from ..interventions.plant import MassRecord
-
-    record = MassRecord({})
-    record.batch = batch
-    yield record
+        yield batch, record
 
 
 def _instruction_ends(batch):
@@ -553,8 +551,6 @@ def _instruction_ends(batch):
 
 def _load_weights(model, folder: Path) -> None:
     """The weights of a saved organism, which must have this architecture exactly."""
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"init_from {folder}: no saved organism there")
     saved = type(model).from_pretrained(str(folder), dtype=model.dtype)  # transformers maps the saved key names
     try:
         model.load_state_dict(saved.state_dict())

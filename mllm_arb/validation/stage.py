@@ -12,9 +12,10 @@ import json
 import math
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..analysis.head_sets import FILE_NAME as HEADS_FILE
+from ..analysis.head_stages import _compose, _new_run
 from ..analysis.heads import METHODS
 from ..errors import UserError
 from ..organism.ground_truth import GroundTruth, load
@@ -84,8 +85,9 @@ def validate_stage(cfg: DictConfig, overrides: list[str], from_runs: list[Path])
     from ..stages import analyze_stage
 
     cli = _cli()
-    if not float(cfg.validate.min_effect) > 0:
-        raise UserError(f"validate.min_effect={cfg.validate.min_effect} must be > 0")
+    min_effect = cfg.validate.min_effect
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not min_effect > 0:
+        raise UserError(f"validate.min_effect={min_effect!r} must be a number > 0")
     from ..analysis.sweeps import SweepConfig
 
     SweepConfig.from_cfg(_compose([*overrides, f"sweep.methods=[{','.join(METHODS)}]"]).sweep)  # bad options fail before any run
@@ -103,10 +105,10 @@ def validate_stage(cfg: DictConfig, overrides: list[str], from_runs: list[Path])
         before = set((root / command).glob("*/*"))
         with parent.timed(command):
             fn(_compose(args))
-        made = sorted(p for p in (root / command).glob("*/*") if p.is_dir() and p not in before)
-        stages[command] = str(made[-1].relative_to(root))
+        made = _new_run(root, command, before)
+        stages[command] = str(made.relative_to(root))
         parent.write_manifest(stages=stages)
-        return made[-1]
+        return made
 
     analyzed = stage("analyze", analyze_stage, child)
     ranked = stage("rank-heads", rank_stage, [*child, f"sweep.methods=[{','.join(METHODS)}]"])
@@ -123,12 +125,6 @@ def validate_stage(cfg: DictConfig, overrides: list[str], from_runs: list[Path])
     cli.console.print(f"validation: {parent.file('validation.json')}")
     cli.console.print(f"report: {page}")
     return root
-
-
-def _compose(overrides: list[str]) -> DictConfig:
-    cfg = _cli().compose(overrides)
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def validation(truth: GroundTruth, analyzed: Path, ranked: Path, ablated: Path, min_effect: float = score.MIN_EFFECT) -> dict:
