@@ -51,12 +51,23 @@ def route_blocks(batch: Batch, truth: GroundTruth) -> dict[int, torch.Tensor]:
     return blocks
 
 
-def route_targets(batch: Batch, truth: GroundTruth) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def instruction_end(batch: Batch) -> torch.Tensor:
+    """`[B, T]` True at the last instruction token of each instructed row (the anchor)."""
+    inst = batch.group_mask("instruction")
+    n_tok = inst.shape[1]
+    last = torch.where(inst, torch.arange(n_tok, device=inst.device), -1).max(1).values
+    return (torch.arange(n_tok, device=inst.device)[None] == last[:, None]) & inst.any(1)[:, None]
+
+
+def route_targets(batch: Batch, truth: GroundTruth, anchor: bool = False) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer with planted heads, `(rows [B, H, T], keys [B, H, T, T])`: the query rows each planted
     head serves on an instructed row (instruction positions for a transfer head, the last position for
-    an arbitration head) and the keys its edge opens (image and context; the instruction)."""
+    an arbitration head) and the keys its edge opens (image and context; the instruction). With
+    `anchor`, both ends narrow to the instruction's last token: a transfer head serves that row, an
+    arbitration head reads that key (where the anchor loss puts the answer)."""
     g = {name: batch.group_mask(name) for name in (*SOURCES, "instruction", "last")}
     instructed = g["instruction"].any(1)[:, None]
+    served = instruction_end(batch) if anchor else g["instruction"]
     n_rows, n_tok = g["last"].shape
     out = {}
     for layer in range(truth.n_layers):
@@ -64,11 +75,11 @@ def route_targets(batch: Batch, truth: GroundTruth) -> dict[int, tuple[torch.Ten
         keys = torch.zeros(n_rows, truth.n_heads, n_tok, n_tok, dtype=torch.bool, device=g["last"].device)
         for head in range(truth.n_heads):
             if (layer, head) in truth.transfer_heads:
-                rows[:, head] = g["instruction"] & instructed
-                keys[:, head] = _pairs(g["instruction"], g["image"] | g["context"])
+                rows[:, head] = served & instructed
+                keys[:, head] = _pairs(served, g["image"] | g["context"])
             elif (layer, head) in truth.arbitration_heads:
                 rows[:, head] = g["last"] & instructed
-                keys[:, head] = _pairs(g["last"], g["instruction"])
+                keys[:, head] = _pairs(g["last"], served)
         if rows.any():
             out[layer] = (rows, keys)
     return out
@@ -96,9 +107,11 @@ class MassRecord:
     """Per layer, the attention mass each (row, head, query) puts on its blocked keys (with autograd),
     and, with route targets, the mass each planted head's served rows put on the keys its edge opens."""
 
-    def __init__(self, blocks: dict[int, torch.Tensor], targets: dict | None = None) -> None:
+    def __init__(self, blocks: dict[int, torch.Tensor], targets: dict | None = None,
+                 queries: dict[str, torch.Tensor] | None = None) -> None:
         self.blocks = blocks
         self.targets = targets or {}
+        self.queries = queries or {}
         self.mass: dict[int, torch.Tensor] = {}
         self.counted: dict[int, torch.Tensor] = {}
         self.target_mass: dict[int, torch.Tensor] = {}
@@ -109,21 +122,34 @@ class MassRecord:
         return torch.cat(terms).mean() if terms else torch.zeros(())
 
     def penalty(self) -> torch.Tensor:
-        """Mean blocked mass over the (row, head, query) triples that have a blocked key."""
-        total = sum(m.sum() for m in self.mass.values())
-        count = sum(c.sum() for c in self.counted.values())
-        return total / max(1, int(count))
+        """Mean blocked mass over the (row, head, query) triples that have a blocked key; with query
+        groups (`[B, T]` masks), the mean of each group's mean, so that a group of few positions (the
+        last one) weighs as much as a group of many (question and format)."""
+        if not self.queries:
+            return self._mean(None)
+        return torch.stack([self._mean(group) for group in self.queries.values()]).mean()
+
+    def _mean(self, group: torch.Tensor | None) -> torch.Tensor:
+        total, count = torch.zeros(()), 0
+        for layer, m in self.mass.items():
+            counted = self.counted[layer]
+            if group is not None:  # the group's masks may stop before positions appended after the prompt
+                counted = counted & torch.nn.functional.pad(group, (0, m.shape[-1] - group.shape[-1]))[:, None]
+            total = total + (m * counted).sum()
+            count += int(counted.sum())
+        return total / max(1, count)
 
     def max(self) -> float:
         return max((float(m.detach().max()) for m in self.mass.values()), default=0.0)
 
 
 @contextmanager
-def forbidden_mass(model, blocks: dict[int, torch.Tensor], targets: dict | None = None) -> Iterator[MassRecord]:
+def forbidden_mass(model, blocks: dict[int, torch.Tensor], targets: dict | None = None,
+                   queries: dict[str, torch.Tensor] | None = None) -> Iterator[MassRecord]:
     """Within the block, every forward pass records `MassRecord`: the softmax mass the model's own
     attention (its own mask, unchanged) puts on the entries `blocks` marks, recomputed from the query
     and key the attention call receives. The forward itself is untouched."""
-    record = MassRecord(blocks, targets)
+    record = MassRecord(blocks, targets, queries)
 
     def attention(base, module, query, key, value, attention_mask, *args, **kwargs):
         layer = getattr(module, "layer_idx", None)

@@ -72,6 +72,13 @@ class PlantConfig:
     #: the weight is 0 before `mass_start` and reaches `mass_weight` linearly over `mass_ramp` steps
     mass_start: int = 200
     mass_ramp: int = 200
+    #: how the penalty averages: "all" (one mean over every (row, head, query) with a closed key) or
+    #: "groups" (the mean of the means of the instruction, the positions after it, and the last position:
+    #: the one position that answers weighs as much as the many question and format positions)
+    mass_mean: str = "all"
+    #: the attention loss narrows to the anchor: transfer heads serve the instruction's last token, and
+    #: arbitration heads read it (false: every instruction position, the whole instruction)
+    anchor_targets: bool = False
 
     def mass_weight_at(self, step: int) -> float:
         if step < self.mass_start:
@@ -165,6 +172,17 @@ class TrainConfig:
             data["families"] = tuple(data["families"])
         return cls(**data)
 
+    @property
+    def init_dir(self) -> Path | None:
+        """`init_from` as a folder; "organism" names the shipped natural organism."""
+        if self.init_from is None:
+            return None
+        if str(self.init_from) == "organism":
+            from . import CHECKPOINT_DIR
+
+            return CHECKPOINT_DIR
+        return Path(str(self.init_from))
+
     def validate(self) -> None:
         for name in self.condition_weights:
             Condition(name)
@@ -180,15 +198,19 @@ class TrainConfig:
             self.plant.ground_truth(self.arch)  # raises on heads outside the model or the wrong half
             if self.plant.route_start > self.plant.mass_start and self.plant.mass_weight > 0:
                 raise ValueError("plant.route_start must not come after plant.mass_start")
+            if self.plant.mass_mean not in ("all", "groups"):
+                raise ValueError(f"plant.mass_mean must be 'all' or 'groups', got {self.plant.mass_mean!r}")
             for name, kind in (("mass_weight", float), ("anchor_loss_weight", float), ("attention_weight", float),
                                ("mass_start", int), ("mass_ramp", int), ("route_start", int)):
                 value = getattr(self.plant, name)
                 allowed = (int,) if kind is int else (int, float)
                 if isinstance(value, bool) or not isinstance(value, allowed) or not value >= 0:
                     raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
+            if not isinstance(self.plant.anchor_targets, bool):
+                raise ValueError(f"plant.anchor_targets must be true or false, not {self.plant.anchor_targets!r}")
             if not isinstance(self.plant.restrict, bool):
                 raise ValueError(f"plant.restrict must be true or false, not {self.plant.restrict!r}")
-        if self.init_from is not None and not (Path(str(self.init_from)) / "config.json").is_file():
+        if self.init_from is not None and not (self.init_dir / "config.json").is_file():
             raise ValueError(f"init_from {self.init_from}: no saved organism there")
         if self.data_seed == self.eval_seed:
             raise ValueError("data_seed and eval_seed must differ (held-out items come from eval_seed)")
@@ -410,7 +432,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     processor = build_processor(arch)
     model = build_model(processor, arch, seed=cfg.seed)
     if cfg.init_from:
-        _load_weights(model, Path(cfg.init_from))
+        _load_weights(model, cfg.init_dir)
     model.train()
     eos = processor.tokenizer.eos_token_id
     data_cfg = SyntheticConfig(n_items=cfg.steps * cfg.batch_size, seed=cfg.data_seed, image_size=cfg.image_size, families=cfg.families)
@@ -424,7 +446,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     by_cond: dict[str, list[float]] = {}  # training loss per condition since the last evaluation
     with Progress(*columns, console=console, disable=not cfg.progress, transient=False) as bar:
         if cfg.init_from:
-            first_log = Path(cfg.init_from) / "training_log.json"
+            first_log = cfg.init_dir / "training_log.json"
             first = json.loads(first_log.read_text()) if first_log.is_file() else {}
             log["init_from"] = {"path": str(cfg.init_from), "config": first.get("config"), "train_seconds": first.get("train_seconds")}
         log["vision"] = [] if cfg.init_from else pretrain_vision(model, processor, cfg, console, bar)
@@ -455,9 +477,14 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
                 rows, ends = _instruction_ends(batch)
                 if rows.numel():
                     anchor_logits = model.lm_head(forward.hidden_states[-1][rows, ends]).float()
-                    loss = loss + cfg.plant.anchor_loss_weight * F.cross_entropy(anchor_logits, targets[rows])
+                    anchor_rows = F.cross_entropy(anchor_logits, targets[rows], reduction="none")
+                    loss = loss + cfg.plant.anchor_loss_weight * anchor_rows.mean()
+                    for r, row_loss in zip(rows.tolist(), anchor_rows.detach().tolist()):
+                        by_cond.setdefault(f"anchor:{samples[r].condition.value}", []).append(row_loss)
             if mass is not None and mass.targets:
-                loss = loss + cfg.plant.attention_weight * mass.route_loss()
+                route_loss = mass.route_loss()
+                loss = loss + cfg.plant.attention_weight * route_loss
+                by_cond.setdefault("route_attention", []).append(float(route_loss.detach()))
             if mass is not None and weight > 0:
                 penalty = mass.penalty()
                 loss = loss + weight * penalty
@@ -526,17 +553,27 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
         return
     from contextlib import nullcontext
 
+    import torch
+
     from ..interventions.plant import forbidden_mass, restrict_blocks, route_blocks, route_targets
     from ..models.llava import LlavaAdapter
+    from .ground_truth import AFTER_INSTRUCTION
     from .batching import batch_with_spans
 
     n_prompt = inputs["input_ids"].shape[1] - 1  # the appended target belongs to no group
     batch = batch_with_spans(processor, samples, inputs, n_prompt, model.config.image_token_id)
     blocks = route_blocks(batch, truth)
     restriction = restrict_blocks(LlavaAdapter(model, processor), blocks) if plant.restrict else nullcontext()
-    targets = route_targets(batch, truth) if plant.attention_weight > 0 else None
+    targets = route_targets(batch, truth, plant.anchor_targets) if plant.attention_weight > 0 else None
     # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
-    recorder = forbidden_mass(model, blocks, targets) if record_mass else nullcontext()
+    queries = None
+    if plant.mass_mean == "groups":
+        last = batch.group_mask("last")
+        after = torch.zeros_like(last)
+        for name in AFTER_INSTRUCTION:
+            after |= batch.group_mask(name)
+        queries = {"instruction": batch.group_mask("instruction"), "after": after & ~last, "last": last}
+    recorder = forbidden_mass(model, blocks, targets, queries) if record_mass else nullcontext()
     with restriction, recorder as record:
         yield batch, record
 
