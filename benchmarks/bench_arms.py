@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from mllm_arb.analysis.heads import Removal
-from mllm_arb.analysis.sweeps import Arm, arm_log_odds, random_sets
+from mllm_arb.pipeline.heads.arms import Arm, arm_log_odds, random_sets
+from mllm_arb.pipeline.heads.methods import Removal
 
 from .common import BATCH_SIZES, MODELS, Result, header, interleaved, prepared, report
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 import math
 import time
 
-from mllm_arb.analysis.heads import Removal, ablation_scores, attribution_scores, hybrid_scores, rank, score_matrices, verified_scores
+from mllm_arb.pipeline.heads.methods import (
+    Removal,
+    ablation_scores,
+    attribution_scores,
+    hybrid_scores,
+    rank,
+    score_matrices,
+    verified_scores,
+)
 
 from .common import BATCH_SIZES, MODELS, Result, header, prepared, report
 

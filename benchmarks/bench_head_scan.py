@@ -7,8 +7,8 @@ last-position sweep recomputes that one position, every head a query column of o
 
 from __future__ import annotations
 
-from mllm_arb.analysis.heads import Removal, ablation_scores
 from mllm_arb.interventions.prefix import max_columns, max_variants
+from mllm_arb.pipeline.heads.methods import Removal, ablation_scores
 
 from .common import BATCH_SIZES, MODELS, Result, header, interleaved, prepared, report
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from mllm_arb.analysis.heads import all_heads
 from mllm_arb.interventions import edit_heads, knock_out_rows, scale_heads
+from mllm_arb.pipeline.heads.methods import all_heads
 
 from .common import BATCH_SIZES, MODELS, Result, header, paired_ratio, prepared, report
 

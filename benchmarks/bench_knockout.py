@@ -4,8 +4,8 @@ batch. Target ≥ 1.7× faster."""
 
 from __future__ import annotations
 
-from mllm_arb.analysis.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
 from mllm_arb.interventions import default_window_size
+from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
 
 from .common import BATCH_SIZES, MODELS, Result, header, interleaved, report, samples
 

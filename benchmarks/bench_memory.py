@@ -5,9 +5,9 @@ for which the issue sets no target."""
 
 from __future__ import annotations
 
-from mllm_arb.analysis.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
-from mllm_arb.analysis.heads import Removal, ablation_scores
 from mllm_arb.interventions import default_window_size
+from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
+from mllm_arb.pipeline.heads.methods import Removal, ablation_scores
 
 from .common import BATCH_SIZES, MODELS, Result, header, peak_bytes, prepared, report, samples
 

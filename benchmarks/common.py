@@ -24,11 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from mllm_arb.analysis.heads import Prepared, prepare  # noqa: E402
-from mllm_arb.data.records import Condition  # noqa: E402
+from mllm_arb.core.prompt import render_all  # noqa: E402
+from mllm_arb.core.records import Condition  # noqa: E402
 from mllm_arb.data.synthetic import SyntheticConfig, generate_items  # noqa: E402
-from mllm_arb.data.templates import render_all  # noqa: E402
 from mllm_arb.models.loading import load_adapter  # noqa: E402
+from mllm_arb.pipeline.heads.methods import Prepared, prepare  # noqa: E402
 
 #: results of every benchmark run in this process, for `make bench`'s summary and docs/performance.md
 RESULTS_FILE = Path(os.environ.get("MLLM_ARB_BENCH_OUT", Path(tempfile.gettempdir()) / "mllm_arb_bench.jsonl"))

@@ -4,6 +4,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -29,7 +33,7 @@ def solid_image(rgb=(200, 30, 30), size=40) -> Image.Image:
 
 def conflict_items(n: int = 4):
     """Items whose contexts differ in length, so a batch needs padding."""
-    from mllm_arb.data.records import ConflictItem
+    from mllm_arb.core.records import ConflictItem
 
     colours = [("red", "green", (200, 30, 30)), ("blue", "yellow", (30, 30, 200)), ("green", "red", (30, 200, 30)), ("yellow", "blue", (220, 220, 30))]
     items = []
@@ -48,3 +52,63 @@ def conflict_items(n: int = 4):
             )
         )
     return items
+
+
+# ------------------------------------------------------------------------------ running the CLI
+def invoke(*args):
+    """`mllm-arb ARGS` in this process; a traceback in the output fails the test."""
+    from typer.testing import CliRunner
+
+    from mllm_arb.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def only_run(root, command):
+    """The one run directory `command` wrote below `root`."""
+    runs = [p for p in (root / command).glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def write_items(folder, items=None, corrupt=False):
+    """`items` (default: three conflict items) as a jsonl file with PNG images beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for it in items if items is not None else conflict_items(3):
+        name = f"{it.item_id}.png"
+        if corrupt:
+            (folder / name).write_bytes(b"not a png at all")
+        else:
+            it.image.save(folder / name)
+        rec = {k: getattr(it, k) for k in ("item_id", "task", "question", "answer_image", "answer_text", "context", "consistent_context")}
+        lines.append(json.dumps({**rec, "image": name}))
+    path = folder / "items.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+def torchrun(*args, n=2, script=None):
+    """`torchrun --nproc-per-node n -m mllm_arb.cli ARGS` (or a script instead of the CLI module)."""
+    target = [str(script)] if script else ["-m", "mllm_arb.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *target, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def unit_ranks(run):
+    return {p.parent.name + "/" + p.stem: json.loads(p.read_text())["rank"] for p in (run / "partial").glob("*/*.json")}
+
+
+def one_thread_invoke(*args):
+    """The single-process reference on one thread, like each torchrun rank: bit-identical results need the
+    same reductions (a backward pass summed over 2 threads differs from 1 in the last bits)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return invoke(*args)
+    finally:
+        torch.set_num_threads(threads)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
-from .records import ConflictItem
+from ..core.errors import UserError
+from ..core.records import ConflictItem
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
-from .records import ConflictItem
+from ..core.errors import UserError
+from ..core.records import ConflictItem
 
 REQUIRED = ("item_id", "question", "answer_image", "answer_text", "context", "image")
 

@@ -1,4 +1,4 @@
-"""The MC² conflict items (mission.md §1) paired with COCO-2014 images from a local folder.
+"""The MC² conflict items (docs/method.md §1) paired with COCO-2014 images from a local folder.
 
 The item file (`evaluate_final.json`, 2,000 items) gives for each item `image_id`, `task`, `question`,
 `answer_vision`, `answer_text` and a conflicting `context`. The images are not shipped: the user
@@ -39,8 +39,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
-from .records import ConflictItem
+from ..core.errors import UserError
+from ..core.records import ConflictItem
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import UserError
-from .records import ConflictItem
+from ..core.errors import UserError
+from ..core.records import ConflictItem
 
 
 def build_items(data: DictConfig) -> tuple[list[ConflictItem], str]:

@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
-from .records import ConflictItem
+from ..core.errors import UserError
+from ..core.records import ConflictItem
 
 FINGERPRINT_FILE = "mllm_arb_fingerprint.json"
 

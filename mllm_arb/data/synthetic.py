@@ -6,7 +6,7 @@ streams (the organism trains on seeds below 1000, held-out data uses 1000 and up
 assigned round robin, so every family gets the same share of items.
 
 Each item carries a conflicting context (a different value of the same attribute, drawn uniformly)
-and a consistent one, so it yields every condition of mission.md §1 through `templates.render`.
+and a consistent one, so it yields every condition of docs/method.md §1 through `core.prompt.render`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..organism.task import FAMILIES, FAMILY_NAMES, draw, sample_scene
-from .records import ConflictItem
-from .templates import TEXT_INSTRUCTION, VISION_INSTRUCTION
+from ..core.prompt import TEXT_INSTRUCTION, VISION_INSTRUCTION
+from ..core.records import ConflictItem
+from .scenes import FAMILIES, FAMILY_NAMES, draw, sample_scene
 
 #: bump whenever the items a config produces could change
 GENERATOR_VERSION = "synthetic-v1"
@@ -109,7 +109,7 @@ def generate_items(cfg: SyntheticConfig) -> list[ConflictItem]:
 
 def vocabulary_texts() -> list[str]:
     """Every sentence the synthetic prompts can contain (for building the organism's vocabulary)."""
-    from .templates import CONTEXT_PREFIX, FORMAT_SENTENCE
+    from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE
 
     out = [CONTEXT_PREFIX, FORMAT_SENTENCE, *INSTRUCTION_PARAPHRASES["text"], *INSTRUCTION_PARAPHRASES["vision"]]
     for fam in FAMILIES.values():

@@ -12,6 +12,7 @@ from .heads import (
     record_heads,
     scale_heads,
     steer_heads,
+    use_head_set,
 )
 from .knockout import default_window_size, knock_out, knock_out_rows, knockout_mask, layer_window
 from .lens import (
@@ -36,6 +37,7 @@ __all__ = [
     "record_heads",
     "scale_heads",
     "steer_heads",
+    "use_head_set",
     "default_window_size",
     "knock_out",
     "knock_out_rows",

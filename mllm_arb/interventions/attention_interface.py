@@ -28,7 +28,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 #: implementations a wrapper can stand in for: their masks are plain tensors we can edit or slice
 WRAPPABLE = ("eager", "sdpa")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .attention_interface import eager_attention_of, text_attention
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..core.errors import UserError
+from ..core.heads_file import Head, HeadSet, check_model, n_selected, read_head_set
 from ..models.adapter import Batch, DecoderParts, find_decoder_parts
 
 
@@ -199,3 +202,25 @@ def mean_head_outputs(outputs: dict[int, torch.Tensor], positions: torch.Tensor)
         for head in range(out.shape[-2]):
             means[(layer, head)] = picked[:, head].mean(0)
     return means
+
+
+@contextmanager
+def use_head_set(model_or_adapter, head_set: HeadSet | str | Path, scale: float = 0.0,
+                 top_k: float | None = None, top_n: int | None = None) -> Iterator[tuple[Head, ...]]:
+    """Block (`scale=0`) or amplify (`scale=α`) a head set's heads at every position, for inference.
+
+        from mllm_arb.interventions import use_head_set
+        with use_head_set(model, "outputs/rank-heads/organism/…/heads.json", scale=0.0):
+            model.generate(**inputs)           # the top heads zeroed
+
+    Without `top_k`/`top_n` the file's selected `heads` are used. Works on a plain Hugging Face model
+    too (the decoder is found by introspection); the file's shape must match the model's.
+    """
+    hs = head_set if isinstance(head_set, HeadSet) else read_head_set(head_set)
+    parts = decoder_parts(model_or_adapter)
+    check_model(hs, hs.model, parts.n_layers, parts.n_heads)
+    if scale < 0:
+        raise UserError(f"scale {scale} must be >= 0 (0 blocks, > 1 amplifies)")
+    heads = hs.heads if top_k is None and top_n is None else hs.top(n_selected(hs.total, top_k, top_n))
+    with steer_heads(model_or_adapter, heads, scale):
+        yield heads

@@ -14,13 +14,14 @@ from contextlib import contextmanager
 
 import torch
 
-from ..errors import UserError
-from ..models.adapter import GROUPS, Batch
+from ..core.errors import UserError
+from ..core.prompt import GROUPS
+from ..models.adapter import Batch
 from .attention_interface import as_mask, wrap_text_attention
 
 
 def default_window_size(n_layers: int) -> int:
-    """An odd window near a quarter of the depth, at least 1 (mission §4: 7 for a 28-layer model)."""
+    """An odd window near a quarter of the depth, at least 1 (docs/method.md §4: 7 for a 28-layer model)."""
     size = max(1, round(n_layers / 4))
     if size % 2 == 0:
         size = size + 1 if size + 1 <= n_layers else size - 1

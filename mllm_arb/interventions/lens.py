@@ -171,7 +171,7 @@ def _set_score(logits: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
     """`[B, P]` score of each row's token set: logsumexp of their logits (the logit itself for one id).
 
     logsumexp is the log of the summed unnormalised probability, so following-minus-competitor scores
-    are the log-odds of the binary-constrained score (mission §3) under the lens.
+    are the log-odds of the binary-constrained score (docs/method.md §3) under the lens.
     """
     out = []
     for row, row_ids in enumerate(ids):

@@ -11,8 +11,8 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from ..core.ground_truth import AFTER_INSTRUCTION, SOURCES, GroundTruth
 from ..models.adapter import Batch
-from ..organism.ground_truth import AFTER_INSTRUCTION, SOURCES, GroundTruth
 from .attention_interface import wrap_text_attention
 from .knockout import _Knockout, knock_out_rows
 

@@ -15,13 +15,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..data.records import Sample
-from ..data.templates import user_segments
-from ..errors import UserError
-from .prompting import SEGMENT_SEPARATOR, chat_messages, user_text
-
-GROUPS = ("image", "context", "instruction", "question", "format", "system", "last")
-
+from ..core.errors import UserError
+from ..core.prompt import GROUPS, chat_messages, token_groups
+from ..core.records import Sample
 
 @dataclass
 class Batch:
@@ -169,60 +165,6 @@ class ModelAdapter:
             out = self.model(**batch.inputs, use_cache=False)
         rows = torch.arange(len(batch), device=out.logits.device)
         return out.logits[rows, torch.tensor(batch.last, device=out.logits.device)].float()
-
-
-# -------------------------------------------------------------------- spans
-def segment_char_ranges(prompt: str, sample: Sample) -> dict[str, tuple[int, int]]:
-    """Character ranges of the user-turn parts inside the rendered prompt."""
-    text = user_text(sample)
-    base = prompt.rfind(text)
-    if base < 0:
-        raise UserError("the chat template changed the user text; cannot locate the prompt parts")
-    ranges, cursor = {}, base
-    for group, part in user_segments(sample):
-        ranges[group] = (cursor, cursor + len(part))
-        cursor += len(part) + len(SEGMENT_SEPARATOR)
-    return ranges
-
-
-def token_groups(
-    tokenizer, prompt: str, sample: Sample, row_ids: list[int], image_token_id: int, add_special_tokens: bool = True
-) -> dict[str, list[int]]:
-    """Positions of every group in one unpadded row of processor output.
-
-    The processor expands image placeholders, so its ids are our own tokenization of the prompt with
-    runs of image (and wrapper) tokens inserted. Aligning the two sequences maps each of our tokens,
-    whose character offsets tell its group, onto its position in the row.
-    """
-    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-    own_ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    ranges = segment_char_ranges(prompt, sample)
-    own_group = []
-    for s0, e in offsets:
-        s = s0
-        while s < e and prompt[s].isspace():  # a leading space joins the word's group, not the previous one
-            s += 1
-        if s < e:
-            hit = [g for g, (a, b) in ranges.items() if s < b and e > a]
-        else:  # pure whitespace: inside a part it is that part's, between parts it is template text
-            hit = [g for g, (a, b) in ranges.items() if a <= s0 and e <= b]
-        own_group.append(hit[0] if hit else "system")
-    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
-    assigned = ["system"] * len(row_ids)
-    matcher = difflib.SequenceMatcher(a=own_ids, b=row_ids, autojunk=False)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            assigned[block.b + k] = own_group[block.a + k]
-    for pos, tok in enumerate(row_ids):
-        group = "image" if tok == image_token_id else assigned[pos]
-        groups[group].append(pos)
-    groups["last"] = [len(row_ids) - 1]
-    for group, _ in user_segments(sample):
-        if not groups[group]:
-            raise UserError(f"sample {sample.item_id}: no tokens found for the {group} part of the prompt")
-    if sample.image is not None and not groups["image"]:
-        raise UserError(f"sample {sample.item_id}: the processor output holds no image tokens (id {image_token_id})")
-    return groups
 
 
 # -------------------------------------------------------------------- introspection

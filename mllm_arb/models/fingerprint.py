@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 #: weights: safetensors when there are any (what `from_pretrained` prefers), else the PyTorch files
 WEIGHTS = (("*.safetensors", "*.safetensors.index.json"), ("*.bin", "*.bin.index.json", "*.pt", "*.pth"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .adapter import ModelAdapter
 from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter
@@ -46,11 +46,11 @@ def tiny_cache_dir() -> Path:
 def materialise(path: str | Path | None) -> str:
     """Turn a model reference into something `from_pretrained` can read."""
     if path is None or str(path) in ("", "organism"):
-        from ..organism import checkpoint_path
+        from ..core.paths import checkpoint_path
 
         return str(checkpoint_path())
     if str(path) == "organism_anchor":
-        from ..organism import anchor_path
+        from ..core.paths import anchor_path
 
         return str(anchor_path())
     path = str(path)

@@ -17,6 +17,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
+
 TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
@@ -25,13 +27,11 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
 V_HIDDEN, V_HEADS, V_FFN, V_LAYERS = 32, 2, 64, 2
 
 STUDY_SENTENCES = (
-    "Text context: The man is holding a red umbrella.",
-    "In case there is an inconsistency between the Text Context and the input image content, "
-    "you must rely on the text context rather than the input image content.",
-    "In case there is an inconsistency between the Text Context and the input image content, "
-    "you must rely on the image content rather than the text context.",
+    CONTEXT_PREFIX + "The man is holding a red umbrella.",
+    TEXT_INSTRUCTION,
+    VISION_INSTRUCTION,
     "What color is the umbrella?",
-    "Answer the question using a single word or phrase.",
+    FORMAT_SENTENCE,
 )
 
 _COMMON_WORDS = """

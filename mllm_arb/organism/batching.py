@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.records import Sample
-from ..models.prompting import chat_messages
+from ..core.prompt import chat_messages
+from ..core.records import Sample
 
 
 def prompt_text(processor, sample: Sample) -> str:
@@ -43,7 +43,8 @@ def first_token_id(tokenizer, answer: str) -> int:
 def batch_with_spans(processor, samples: Sequence[Sample], inputs: dict[str, torch.Tensor], n_prompt: int, image_token_id: int):
     """`encode`'s output as an adapter `Batch`: every row's token groups, found in its first `n_prompt`
     columns the way the adapters find them (so the spans training sees are the ones analyses see)."""
-    from ..models.adapter import Batch, token_groups
+    from ..models.adapter import Batch
+    from ..core.prompt import token_groups
 
     tok = processor.tokenizer
     spans = []

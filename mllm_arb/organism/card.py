@@ -51,9 +51,9 @@ def evaluate_checkpoint(
     """
     import torch
 
-    from ..data.records import Condition
+    from ..core.records import Condition
     from ..data.synthetic import SyntheticConfig, generate_items
-    from ..data.templates import render
+    from ..core.prompt import render
     from .evaluate import score
 
     threads_before = torch.get_num_threads()
@@ -73,10 +73,10 @@ def evaluate_checkpoint(
 
 
 def _results(model, processor, items, rows, seconds, data_cfg, text_dominant, paraphrase_items, batch_size) -> dict:
-    from ..data.records import CONFLICT_CONDITIONS as CONFLICT
-    from ..data.records import Condition
+    from ..core.records import CONFLICT_CONDITIONS as CONFLICT
+    from ..core.records import Condition
     from ..data.synthetic import INSTRUCTION_PARAPHRASES, fingerprint
-    from ..data.templates import render
+    from ..core.prompt import render
     from .evaluate import score, summarize
 
     summary = summarize(rows)
@@ -130,7 +130,7 @@ def write_model_card(path: str | Path, results: dict, training_log: dict | None 
     summary = results["summary"]
     families = sorted({f for v in summary.values() for f in v["per_family"]})
     from ..data.synthetic import INSTRUCTION_PARAPHRASES
-    from .task import FAMILIES
+    from ..data.scenes import FAMILIES
 
     config = json.loads((path / "config.json").read_text())
     n_params = training_log.get("n_parameters")
@@ -185,7 +185,7 @@ def write_model_card(path: str | Path, results: dict, training_log: dict | None 
     weights = cfg["condition_weights"]
     lines += [
         "",
-        "Prompts follow the study's layout (mission.md §1) through the chat template: image, `Text context: …`, the",
+        "Prompts follow the study's layout (docs/method.md §1) through the chat template: image, `Text context: …`, the",
         "modality instruction, the question, `Answer the question using a single word or phrase.` Questions and",
         "contexts have two phrasings per family. Instructions are the study's sentences in "
         f"{pct(cfg['study_sentence_share'])} of instructed training examples and otherwise one of "

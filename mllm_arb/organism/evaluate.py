@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.records import Condition, ConflictItem
-from ..data.templates import render
-from ..scoring import answer_ids, binary_scores
+from ..core.prompt import render
+from ..core.records import Condition, ConflictItem
+from ..core.scoring import answer_ids, binary_scores
 from .batching import encode
 
 ALL_CONDITIONS: tuple[Condition, ...] = tuple(Condition)

@@ -34,7 +34,7 @@ def _edge_block(batch, src: str, dst: str) -> torch.Tensor:
 
 
 def _log_odds(adapter, preps, context=None) -> torch.Tensor:
-    from ..analysis.heads import log_odds_under
+    from ..pipeline.heads.methods import log_odds_under
 
     out = []
     for p in preps:
@@ -54,15 +54,15 @@ def _summary(base: torch.Tensor, after: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def check_plant(path: str | Path, n_items: int = 200, seed: int = 1000, batch_size: int = 50, n_random: int = 20) -> dict:
-    from ..analysis.heads import prepare
-    from ..data.records import Condition
+    from ..pipeline.heads.methods import prepare
+    from ..core.records import Condition
     from ..data.synthetic import SyntheticConfig, generate_items
-    from ..data.templates import render_all
+    from ..core.prompt import render_all
     from ..interventions.heads import edit_heads, scale_heads
     from ..interventions.knockout import knock_out, knock_out_rows
     from ..interventions.plant import restrict_to_route
     from ..models.loading import load_adapter
-    from .ground_truth import load
+    from ..core.ground_truth import load
 
     adapter = load_adapter(str(path))
     truth = load(path)

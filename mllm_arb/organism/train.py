@@ -1,7 +1,7 @@
 """Train the organism from scratch on CPU, deterministically from a seed.
 
 Each step draws fresh synthetic items (seed `data_seed`, never the held-out seeds ≥ 1000), renders
-each under one condition of mission.md §1 with a randomly chosen instruction paraphrase, and trains
+each under one condition of docs/method.md §1 with a randomly chosen instruction paraphrase, and trains
 the answer's first token at the last prompt position (plus, with a small weight, the end-of-sequence
 token after it, so greedy generation stops after one word).
 
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.records import Condition, ConflictItem, Sample
+from ..core.prompt import render
+from ..core.records import Condition, ConflictItem, Sample
+from ..data.scenes import COLORS, COUNTS, FAMILIES, FAMILY_NAMES, POSITIONS, SHAPES, draw, sample_scene
 from ..data.synthetic import INSTRUCTION_PARAPHRASES, SyntheticConfig, fingerprint, generate_item, generate_items
-from ..data.templates import render
 from .build import ArchConfig, build_model, build_processor
-from .task import COLORS, COUNTS, FAMILIES, FAMILY_NAMES, POSITIONS, SHAPES, draw, sample_scene
 
 DEFAULT_CONDITION_WEIGHTS = {
     "text_following": 0.2,
@@ -86,7 +86,7 @@ class PlantConfig:
         return self.mass_weight * min(1.0, (step - self.mass_start + 1) / max(1, self.mass_ramp))
 
     def ground_truth(self, arch: ArchConfig):
-        from .ground_truth import GroundTruth
+        from ..core.ground_truth import GroundTruth
 
         return GroundTruth(
             arch.text_layers,
@@ -178,7 +178,7 @@ class TrainConfig:
         if self.init_from is None:
             return None
         if str(self.init_from) == "organism":
-            from . import CHECKPOINT_DIR
+            from ..core.paths import CHECKPOINT_DIR
 
             return CHECKPOINT_DIR
         return Path(str(self.init_from))
@@ -557,7 +557,7 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
 
     from ..interventions.plant import forbidden_mass, restrict_blocks, route_blocks, route_targets
     from ..models.llava import LlavaAdapter
-    from .ground_truth import AFTER_INSTRUCTION
+    from ..core.ground_truth import AFTER_INSTRUCTION
     from .batching import batch_with_spans
 
     n_prompt = inputs["input_ids"].shape[1] - 1  # the appended target belongs to no group

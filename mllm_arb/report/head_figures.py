@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import SymLogNorm
 
+from ..core.names import POOLED
 from . import plots
 from .plots import EDGE_COLOURS, plt
-
-POOLED = "conflict"
 SET_COLOURS = {"top": EDGE_COLOURS[3], "random": EDGE_COLOURS[7], "bottom": EDGE_COLOURS[0], "before": EDGE_COLOURS[2]}
 
 

@@ -9,11 +9,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.names import POOLED
 from . import page_figures as pf
 from .page import Cell, Page, absent, ci, esc, human, num, pct, table
 from .study import StageRun, Study, finite
-
-POOLED = "conflict"  # the settings pooled together: the headline row of the head stages
 
 METHOD_WORDS = {
     "ablation": "exact ablation (the drop in following log-odds when the head is removed)",

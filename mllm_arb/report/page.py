@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..runs import atomic_write_bytes
+from ..core.files import atomic_write_bytes
 from .assets import CSS, JS
 from .study import finite
 

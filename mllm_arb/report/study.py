@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.names import PARENTS, STAGES
 
-#: the stages of a study, in pipeline order (what `mllm-arb run` chains)
-STAGES = ("build-data", "evaluate", "analyze", "rank-heads", "ablate", "amplify")
-PARENT = "run"
-#: commands whose run directory holds stage runs of its own: `run` chains the study, `validate` scores it
-#: against a model's ground truth (its validation.json becomes a section of the page)
-PARENTS = (PARENT, "validate")
+#: `run` chains the study; `validate`, the other parent, scores it against a model's ground truth (its
+#: validation.json becomes a section of the page)
+PARENT = PARENTS[0]
 #: how deep below a named folder run directories are looked for
 MAX_DEPTH = 5
 

@@ -1,0 +1,89 @@
+"""`analyze`: knockout sweeps over every edge and layer window, the logit lens by component, optional
+attention saliency, then the curves, the study's findings and the figures."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ...core.errors import UserError
+from ...core.prompt import render_all
+from ...core.records import parse_conditions
+from ...core.results import AnalyzeResults
+from ...core.scoring import batches, check_answers
+from ...data.sources import build_items
+from ...interventions.knockout import default_window_size
+from ...report.flow_figures import draw_flow_figures
+from ...runtime.loading import load_model
+from ...runtime.ranks import session
+from ...runtime.stage import Stage, StageResult
+from .findings import check_findings
+from .flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_knockout, summarise_lens
+from .saliency import saliency_rows, summarise_saliency
+
+
+def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
+    a = cfg.analysis
+    try:
+        edges = tuple(parse_edge(e) for e in a.edges)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with session() as ranks:
+        items, fp = build_items(cfg.data)
+        items_fp = fp  # the dataset stays the other stages' one; the items analysed may be its first few
+        if a.max_items and len(items) > a.max_items:
+            # the sweep costs edges × layers forward passes per sample: cap it unless asked for more
+            items = items[: int(a.max_items)]
+            items_fp = hashlib.sha256(f"{fp}:first-{a.max_items}".encode()).hexdigest()[:16]
+        samples = render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
+        with ranks.main_first():
+            adapter = load_model(cfg, ranks)
+        check_answers(adapter.tokenizer, samples)
+        n_layers = adapter.parts.n_layers
+        window = int(a.window) if a.window else default_window_size(n_layers)
+        if not 1 <= window <= n_layers:
+            raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
+        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers)
+        units = list(batches(samples, cfg.batch_size))
+        with Stage.open(cfg, "analyze", resume, ranks, fp, model_source=str(cfg.model.path), n_samples=len(samples),
+                        window=window, n_items=len(items), items_fingerprint=items_fp) as stage:
+            passes = plan.n_passes_per_batch
+            with stage.run.timed("knockout"):
+                ko_rows = stage.map_units("knockout", units, lambda u, step: knockout_rows(adapter, u, plan, cfg.batch_size, on_step=step),
+                                      f"knockout ({len(edges)} edges × {n_layers} windows)", cost=lambda i, u: len(u) * passes)
+            l_rows = s_rows = None
+            if a.lens:
+                with stage.run.timed("lens"):
+                    l_rows = stage.map_units("lens", units, lambda u, step: lens_rows(adapter, u, cfg.batch_size, on_step=step),
+                                         "logit lens by component")
+            if a.saliency:
+                with stage.run.timed("saliency"):
+                    s_rows = stage.map_units("saliency", units, lambda u, step: saliency_rows(adapter, u, edges, cfg.batch_size, on_step=step),
+                                         "attention saliency (eager, gradients)")
+        if not stage.main:
+            return stage.result()
+        tables = {"knockout.parquet": ko_rows}
+        lens = saliency = None
+        if l_rows is not None:
+            tables["lens.parquet"] = l_rows
+            lens = summarise_lens(l_rows, n_layers)
+        if s_rows is not None:
+            tables["saliency.parquet"] = s_rows
+            saliency = summarise_saliency(s_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
+        knockout = summarise_knockout(ko_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
+        results: AnalyzeResults = {
+            "model": adapter.name,
+            "dataset_fingerprint": fp,
+            "items_fingerprint": items_fp,
+            "n_layers": n_layers,
+            "window": window,
+            "n_items": len(items),
+            "knockout": knockout,
+            "lens": lens,
+            "saliency": saliency,
+        }
+        findings = check_findings(knockout, lens or {"components": {}, "agreement": {}}, n_layers, a.findings)
+        return stage.finish(results, f"{adapter.name} on {cfg.data.source} ({len(items)} items)", tables=tables,
+                            figures=draw_flow_figures, json_files={"findings.json": findings}, findings=findings)

@@ -1,0 +1,1 @@
+"""`build-data`: a conflict dataset from the `data` config group, optionally filtered per model."""

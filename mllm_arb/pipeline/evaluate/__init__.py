@@ -1,0 +1,1 @@
+"""`evaluate`: behaviour, the modality-following ratio of every condition."""

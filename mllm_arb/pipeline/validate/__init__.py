@@ -1,0 +1,1 @@
+"""`validate`: every analysis scored against the mechanism a model ships in ground_truth.json."""

@@ -1,0 +1,41 @@
+"""The composed configuration of a command: Hydra's compose API over `core.paths.conf_dir()`, resolved
+at once (a missing mandatory value fails before any work), or a resumed run's saved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..core import prompt
+from ..core.errors import UserError
+from ..core.paths import conf_dir
+
+# `${prompt:TEXT_INSTRUCTION}` in conf/config.yaml: the study's sentences are written once, in core.prompt
+if not OmegaConf.has_resolver("prompt"):
+    OmegaConf.register_new_resolver("prompt", lambda name: getattr(prompt, name))
+
+
+def compose(overrides: list[str] | None, config_name: str = "config", folder: Path | None = None) -> DictConfig:
+    """`config_name` of `folder` (default: the project's configuration) with the overrides; unresolved."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(folder or conf_dir()), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def resolved(overrides: list[str] | None) -> DictConfig:
+    """The command configuration with every interpolation resolved."""
+    cfg = compose(overrides)
+    OmegaConf.resolve(cfg)  # fail now on a missing mandatory value (???), not half-way through
+    return cfg
+
+
+def configure(command: str, overrides: list[str] | None, resume: Path | None) -> DictConfig:
+    """The composed config, or with `resume` the run's saved one (overrides given beside it must agree)."""
+    if resume is None:
+        return resolved(overrides)
+    from .resume import resume_config
+
+    return resume_config(resume, command, resolved(overrides) if overrides else None)

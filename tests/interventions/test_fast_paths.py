@@ -1,0 +1,397 @@
+"""Every optimised sweep against its straightforward path, on the tiny model of every family: prefix
+reuse (resuming a recorded pass at any layer), suffix sweeps (recomputing only the positions an
+intervention can change), last-position sweeps (variants as query columns), stacked variants, the batched
+head scan, the batched knockout sweep, the hybrid ranking and hybrid-proposed exact verification.
+Same numbers within float tolerance."""
+
+import pytest
+import torch
+
+from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
+from mllm_arb.pipeline.heads.methods import (
+    Removal,
+    log_odds_under,
+    ablation_scores,
+    attribution_scores,
+    edited_log_odds,
+    head_means,
+    hybrid_scores,
+    method_scores,
+    n_verified,
+    passes_per_sample,
+    prepare,
+    verification_candidates,
+    verified_scores,
+)
+from mllm_arb.core.prompt import render_all
+from mllm_arb.core.records import CONFLICT_CONDITIONS, Condition
+from mllm_arb.interventions import edit_heads, knock_out, knock_out_rows, knockout_mask, scale_heads
+from mllm_arb.interventions.prefix import PrefixRun, max_columns, max_variants, variant_columns, variant_rows
+from mllm_arb.models.loading import load_adapter
+from mllm_arb.pipeline.heads.arms import Arm, run_arms
+
+from ..conftest import FAMILIES, conflict_items
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """`tiny(family, impl)` -> (adapter, prepared batches: 3 padded items × 2 settings); built once."""
+    cache = {}
+
+    def get(family, impl="sdpa"):
+        if (family, impl) not in cache:
+            adapter = load_adapter(f"tiny:{family}", attn_implementation=impl)
+            cache[(family, impl)] = (adapter, prepare(adapter, render_all(conflict_items(3), CONFLICT_CONDITIONS), 3))
+        return cache[(family, impl)]
+
+    return get
+
+
+def n_hooks(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------ prefix reuse
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resuming_at_every_layer_gives_the_plain_forward_logits_stacked_or_not(tiny, family):
+    adapter, preps = tiny(family)
+    batch = preps[0].batch
+    plain = adapter.last_logits(batch)
+    hooks = n_hooks(adapter.model)  # after a first pass: transformers installs its own hooks lazily
+    run = PrefixRun(adapter, batch)
+    assert n_hooks(adapter.model) == hooks
+    torch.testing.assert_close(run.logits, plain, **TOL)
+    seen = []
+    for layer, hidden in run.states():
+        seen.append(layer)
+        for n_variants in (1, 3):
+            out = run.resume(layer, hidden, n_variants)
+            assert out.shape == (n_variants * len(batch), run.logits.shape[1])
+            for v in range(n_variants):
+                torch.testing.assert_close(out[v * len(batch) : (v + 1) * len(batch)], run.logits, **TOL)
+    assert seen == list(range(adapter.parts.n_layers))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_a_head_edit_in_one_row_block_of_a_stack_equals_that_edit_in_a_full_forward(tiny, family):
+    """Stacked variants are independent: block v's edit changes block v exactly as a full pass would."""
+    adapter, preps = tiny(family)
+    batch, n = preps[0].batch, len(preps[0].batch)
+    run = PrefixRun(adapter, batch)
+    layer = adapter.parts.n_layers - 1
+    hidden = dict(run.states())[layer]
+    everywhere = torch.ones(batch.inputs["input_ids"].shape, dtype=torch.bool)
+    with edit_heads(adapter, scale_heads([(layer, 1)], 0.0, positions=variant_rows(n, 2, 1, everywhere))):
+        out = run.resume(layer, hidden, 2)
+    with edit_heads(adapter, scale_heads([(layer, 1)], 0.0)):
+        edited = adapter.last_logits(batch)
+    torch.testing.assert_close(out[:n], run.logits, **TOL)
+    torch.testing.assert_close(out[n:], edited, **TOL)
+    assert not torch.allclose(edited, run.logits)
+
+
+def test_variant_rows_selects_one_block():
+    where = torch.tensor([[True, False], [False, True]])
+    rows = variant_rows(2, 3, 1, where)
+    assert rows.shape == (6, 2) and rows[2:4].equal(where) and not rows[:2].any() and not rows[4:].any()
+    assert variant_rows(2, 3, 2).tolist() == [False] * 4 + [True] * 2
+
+
+def test_max_variants_is_at_least_one_and_grows_with_the_vocabulary(tiny):
+    adapter, _ = tiny("llava")
+    n = max_variants(adapter, 100)
+    assert n >= 1 and max_variants(adapter, 10_000) <= n
+
+
+# ------------------------------------------------------------------------------------ head scan
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_head_scan_equals_one_forward_per_head(tiny, family):
+    adapter, preps = tiny(family)
+    zero = Removal("zero", "all")
+    naive = ablation_scores(adapter, preps, zero, fast=False)
+    assert naive.abs().max() > 0
+    torch.testing.assert_close(ablation_scores(adapter, preps, zero), naive, **TOL)
+    torch.testing.assert_close(ablation_scores(adapter, preps, zero, variants=3), naive, **TOL)
+    mean = Removal("mean", "instruction", head_means(adapter, preps, "instruction"))
+    torch.testing.assert_close(ablation_scores(adapter, preps, mean, variants=adapter.parts.n_heads),
+                               ablation_scores(adapter, preps, mean, fast=False), **TOL)
+    # at the last position only: a suffix sweep of one position (stacked by memory, and 3 per pass)
+    last = Removal("zero", "last")
+    naive = ablation_scores(adapter, preps, last, fast=False)
+    assert naive.abs().max() > 0
+    torch.testing.assert_close(ablation_scores(adapter, preps, last), naive, **TOL)
+    torch.testing.assert_close(ablation_scores(adapter, preps, last, variants=3), naive, **TOL)
+
+
+def _image_rows(batch):
+    image = batch.group_mask("image")
+    return [(int(m.nonzero()[0]), int(m.nonzero()[-1])) for m in image]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_suffix_sweep_equals_full_forwards_and_never_starts_inside_a_bidirectional_image(tiny, family):
+    """Edits from the middle of the first row's image on: causal families recompute from there; Gemma 3,
+    whose image positions see later ones in the same image, moves the start back to the image's first
+    position. Either way every variant equals its full forward, also when carried in groups of 2."""
+    adapter, preps = tiny(family)
+    batch, n_rows = preps[0].batch, len(preps[0].batch)
+    n_tok = batch.inputs["input_ids"].shape[1]
+    (first, end), *_ = _image_rows(batch)
+    middle = (first + end) // 2
+    touched = (torch.arange(n_tok) >= middle).expand(n_rows, n_tok)
+    run = PrefixRun(adapter, batch)
+    start = run.start_for(touched)
+    if family == "gemma3":
+        assert start <= min(f for f, _ in _image_rows(batch)) < middle
+    else:
+        assert start == middle
+    heads = [(0, 0), (1, 1), (0, 1)]
+    cut = touched[:, start:]
+
+    def intervene(js):
+        return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads([heads[j]], 0.0, variant_rows(n_rows, len(js), v, cut))])
+
+    for per_pass, group_size in ((None, None), (2, 2)):
+        done = []
+        out = run.suffix_sweep([l for l, _ in heads], start, intervene, per_pass, done.append, group_size)
+        assert out.shape == (len(heads), n_rows, run.logits.shape[1]) and sum(done) == len(heads)
+        for j, head in enumerate(heads):
+            with edit_heads(adapter, scale_heads([head], 0.0, positions=touched)):
+                torch.testing.assert_close(out[j], adapter.last_logits(batch), **TOL)
+    assert not torch.allclose(out[0], run.logits)
+    with pytest.raises(ValueError, match="suffix starts"):
+        run.suffix_sweep([0], 0, intervene)
+
+
+def test_a_suffix_start_never_passes_the_last_position(tiny):
+    adapter, preps = tiny("llava")
+    batch = preps[0].batch
+    run = PrefixRun(adapter, batch)
+    nothing = torch.zeros(batch.inputs["input_ids"].shape, dtype=torch.bool)
+    assert run.start_for(nothing) == min(batch.last)
+    assert run.start_for(batch.group_mask("last")) == min(batch.last)
+
+
+# ------------------------------------------------------------------------------------ last-position sweeps
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_last_position_sweep_equals_full_forwards_from_a_walk_or_from_the_recorded_pass(tiny, family, impl):
+    """Heads removed and amplified at the final position, as query columns of one pass per layer: each
+    column equals a full forward with that edit, whether the keys and values come from a plain walk or
+    were kept by the recorded pass (also one recorded with its autograd graph), columns all in one pass
+    or 2 at a time."""
+    adapter, preps = tiny(family, impl)
+    batch, n_rows = preps[0].batch, len(preps[0].batch)
+    last = batch.group_mask("last")
+    n_layers = adapter.parts.n_layers
+    edits = [([(0, 0)], 0.0), ([(n_layers - 1, 1)], 0.0), ([(0, 1), (1, 0)], 3.0), ([(1, 1)], 0.0)]
+    expected = []
+    for heads, scale in edits:
+        with edit_heads(adapter, scale_heads(heads, scale, positions=last)):
+            expected.append(adapter.last_logits(batch))
+
+    def intervene(js):
+        return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads(edits[j][0], edits[j][1], variant_columns(len(js), v, last[:, -1:]))])
+
+    plain = adapter.last_logits(batch)
+    for run in (PrefixRun(adapter, batch), PrefixRun(adapter, batch, keep_final=True), PrefixRun(adapter, batch, keep_final=True, grad=True)):
+        torch.testing.assert_close(run.logits, plain, **TOL)
+        assert run.last_is_final
+        for per_pass in (None, 2):
+            done = []
+            out = run.last_sweep([min(l for l, _ in heads) for heads, _ in edits], intervene, per_pass, done.append)
+            assert out.shape == (len(edits), n_rows, plain.shape[1]) and sum(done) == len(edits)
+            for j in range(len(edits)):
+                torch.testing.assert_close(out[j], expected[j], **TOL)
+    assert not torch.allclose(out[0], plain)
+    with pytest.raises(ValueError, match="at least one variant"):
+        run.last_sweep([], intervene)
+
+
+def test_variant_columns_selects_one_block_and_columns_are_bounded():
+    where = torch.tensor([[True], [False]])
+    assert variant_columns(3, 1, where).tolist() == [[False, True, False], [False, False, False]]
+    adapter = load_adapter("tiny:llava")
+    assert 1 <= max_columns(adapter, 50) <= 50
+
+
+def test_right_padded_rows_fall_back_to_the_suffix_sweep():
+    """With right padding the rows' last positions differ: no last-position sweep, the same numbers."""
+    adapter = load_adapter("tiny:llava", padding_side="right")
+    preps = prepare(adapter, render_all(conflict_items(3), CONFLICT_CONDITIONS), 3)
+    run = PrefixRun(adapter, preps[0].batch)
+    assert len(set(preps[0].batch.last)) > 1 and not run.last_is_final
+    with pytest.raises(ValueError, match="left padding"):
+        run.last_sweep([0], lambda js: edit_heads(adapter, []))
+    last = Removal("zero", "last")
+    torch.testing.assert_close(ablation_scores(adapter, preps, last), ablation_scores(adapter, preps, last, fast=False), **TOL)
+    torch.testing.assert_close(hybrid_scores(adapter, preps, Removal("zero", "all")),
+                               ablation_scores(adapter, preps, last, fast=False) + attribution_scores(adapter, preps, Removal("zero", "all"))
+                               - attribution_scores(adapter, preps, last), **TOL)
+
+
+# ------------------------------------------------------------------------------------ hybrid ranking
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_scores_are_the_exact_last_position_drop_plus_attribution_elsewhere(tiny, family):
+    adapter, preps = tiny(family)
+    everywhere, last = Removal("zero", "all"), Removal("zero", "last")
+    exact_last = ablation_scores(adapter, preps, last, fast=False)
+    rest = attribution_scores(adapter, preps, everywhere) - attribution_scores(adapter, preps, last)
+    hybrid = hybrid_scores(adapter, preps, everywhere)
+    torch.testing.assert_close(hybrid, exact_last + rest, **TOL)
+    assert not torch.allclose(hybrid, attribution_scores(adapter, preps, everywhere))
+    torch.testing.assert_close(method_scores(adapter, preps, "hybrid", last), exact_last, **TOL)
+    means = head_means(adapter, preps, "instruction")
+    instruction = Removal("mean", "instruction", means)
+    torch.testing.assert_close(hybrid_scores(adapter, preps, instruction), attribution_scores(adapter, preps, instruction), **TOL)
+
+
+def test_edited_log_odds_reuses_a_given_recorded_pass_in_a_last_position_sweep(tiny, monkeypatch):
+    """Handed a run that kept its keys and values, edits at `last` take query columns and run no model
+    forward pass at all (no recording, no walk), with the same numbers as a fresh run."""
+    adapter, preps = tiny("llava")
+    run = PrefixRun(adapter, preps[0].batch, keep_final=True)
+    edits = [(((0, 0),), 0.0), (((1, 1),), 2.0)]
+    sweeps, forwards = [], []
+    real = PrefixRun.last_sweep
+    monkeypatch.setattr(PrefixRun, "last_sweep", lambda self, *a, **k: sweeps.append(1) or real(self, *a, **k))
+    fresh = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"))
+    handle = adapter.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        given = edited_log_odds(adapter, preps[0], edits, Removal("zero", "last"), run=run)
+    finally:
+        handle.remove()
+    assert len(sweeps) == 2 and not forwards
+    for a, b in zip(fresh, given):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_batched_head_scan_reports_the_same_progress(tiny):
+    adapter, preps = tiny("llava")
+    steps = {True: [], False: []}
+    for fast in steps:
+        ablation_scores(adapter, preps, Removal("zero", "last"), on_step=steps[fast].append, fast=fast)
+    n_samples = sum(len(p.batch) for p in preps)
+    total = n_samples * passes_per_sample("ablation", adapter.parts.n_layers, adapter.parts.n_heads)
+    assert sum(steps[True]) == sum(steps[False]) == total
+
+
+# ------------------------------------------------------------------------------------ knockout sweep
+def _sweep_keys(rows):
+    return [(r["item_id"], r["setting"], r["edge"], r["center"]) for r in rows]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family, monkeypatch):
+    """Edges into `last` as query columns, the others as stacked suffixes, 4 variants per pass either way."""
+    adapter, _ = tiny(family)
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING, Condition.IMAGE_ONLY])  # image_only: empty edges
+    columns = []
+    real = PrefixRun.last_sweep
+    monkeypatch.setattr(PrefixRun, "last_sweep", lambda self, first, *a, **k: columns.append(len(first)) or real(self, first, *a, **k))
+    into_last = sum(dst == "last" for _, dst in STUDY_EDGES[:5])
+    assert 0 < into_last < 5
+    for window in (1, 3):  # 1: windows start at every layer; 3: one start for all (stacked edges and windows)
+        plan = KnockoutPlan(edges=STUDY_EDGES[:5], window=window, n_layers=adapter.parts.n_layers)
+        naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+        columns.clear()
+        fast = knockout_rows(adapter, samples, plan, batch_size=3, variants=4)
+        assert max(columns) == into_last * len(plan.windows())  # every (edge into last, window) of the conflict batch
+        assert _sweep_keys(fast) == _sweep_keys(naive)
+        assert any(r["delta"] != 0 for r in naive)
+        for a, b in zip(fast, naive):
+            assert a["log_odds_before"] == pytest.approx(b["log_odds_before"], abs=1e-5)
+            assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
+            assert a["follows_after"] == b["follows_after"]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_vl"])
+def test_batched_knockout_sweep_under_eager_attention(tiny, family):
+    adapter, _ = tiny(family, "eager")
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING])
+    plan = KnockoutPlan(edges=STUDY_EDGES, window=1, n_layers=adapter.parts.n_layers)  # edges into last: columns
+    naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+    fast = knockout_rows(adapter, samples, plan, batch_size=3)
+    assert [r["log_odds_after"] for r in fast] == pytest.approx([r["log_odds_after"] for r in naive], abs=1e-5)
+
+
+def test_per_row_knockout_layers_match_separate_knockouts(tiny):
+    adapter, preps = tiny("llava")
+    batch = preps[0].batch
+    edge = [("context", "last")]
+    with knock_out(adapter, batch, edge, [0]):
+        first = adapter.last_logits(batch)
+    with knock_out(adapter, batch, edge, [1]):
+        second = adapter.last_logits(batch)
+    block = knockout_mask(batch, edge)
+    run = PrefixRun(adapter, batch)
+    with knock_out_rows(adapter, torch.cat([block, block]), [{0}] * len(batch) + [{1}] * len(batch)):
+        both = run.resume(0, next(run.states())[1], 2)
+    torch.testing.assert_close(both, torch.cat([first, second]), **TOL)
+    with pytest.raises(ValueError, match="per-row layer sets"):
+        with knock_out_rows(adapter, block, [{0}]):
+            pass
+
+
+# ------------------------------------------------------------------------------------ blocking and amplification
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family):
+    """Every batch's arms from one recorded pass (head sets spanning layers, an empty set, α > 1), at
+    every position, at the last one (a suffix sweep) and mean-ablated at the instruction."""
+    adapter, preps = tiny(family)
+    top = Arm("headline", "top", ((1, 0), (0, 1)), 0.0, controls=True)
+    arms = [top, Arm("headline", "random", ((1, 1),), 0.0, seed=0), Arm("headline", "none", (), 0.0),
+            Arm("amplify", "top", top.heads, 3.0, controls=True)]
+    settings, controls = preps[:1], preps[1:]
+    base = {id(p): log_odds_under(adapter, p) for p in preps}
+    for removal in (Removal("zero", "all"), Removal("zero", "last"),
+                    Removal("mean", "instruction", head_means(adapter, preps, "instruction"))):
+        steps = {True: [], False: []}
+        rows = {fast: run_arms(adapter, arms, settings, controls, base, removal, steps[fast].append, fast) for fast in steps}
+        assert [r["heads"] for r in rows[True]] == [r["heads"] for r in rows[False]] and sum(steps[True]) == sum(steps[False])
+        assert any(r["log_odds_after"] != r["log_odds_before"] for r in rows[False])
+        for a, b in zip(rows[True], rows[False]):
+            assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
+            assert a["follows_after"] == b["follows_after"]
+
+
+def test_arms_run_no_pass_where_none_applies(tiny):
+    """A controls batch that no arm runs on costs nothing; the straightforward loop runs one pass per arm."""
+    adapter, preps = tiny("llava")
+    arms = [Arm("headline", "random", ((1, 1),), 0.0, seed=s) for s in range(3)]  # settings only
+    base = {id(p): log_odds_under(adapter, p) for p in preps}
+    passes = []
+    handle = adapter.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        for fast, expected in ((True, 1), (False, len(arms))):
+            passes.clear()
+            run_arms(adapter, arms, preps[:1], preps[1:], base, Removal("zero", "all"), fast=fast)
+            assert len(passes) == expected
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------------------------ verified ranking
+def test_verified_scores_are_exact_on_the_candidates_and_hybrid_elsewhere(tiny):
+    adapter, preps = tiny("qwen2_vl")
+    removal = Removal("zero", "all")
+    parts = adapter.parts
+    estimate = hybrid_scores(adapter, preps, removal)
+    exact = ablation_scores(adapter, preps, removal)
+    verified = method_scores(adapter, preps, "verified", removal)
+    candidates = verification_candidates(preps, estimate, n_verified(parts.n_layers, parts.n_heads))
+    assert candidates and len(candidates) <= parts.n_layers * parts.n_heads
+    chosen = torch.zeros(parts.n_layers, parts.n_heads, dtype=torch.bool)
+    for l, h in candidates:
+        chosen[l, h] = True
+    torch.testing.assert_close(verified[:, chosen], exact[:, chosen], **TOL)
+    torch.testing.assert_close(verified[:, ~chosen], estimate[:, ~chosen], **TOL)
+    # a small fraction verifies fewer heads; a fraction of 1 is the exact scan itself
+    torch.testing.assert_close(verified_scores(adapter, preps, removal, fraction=1.0), exact, **TOL)
+    # at the last position the hybrid estimate is already the exact scan: no second one
+    last = Removal("zero", "last")
+    steps = []
+    torch.testing.assert_close(verified_scores(adapter, preps, last, steps.append), ablation_scores(adapter, preps, last, fast=False), **TOL)
+    assert sum(steps) == sum(len(p.batch) for p in preps) * passes_per_sample("verified", parts.n_layers, parts.n_heads)

@@ -1,0 +1,91 @@
+"""Every family: load a saved tiny model through the user-facing loader, build a padded batch, check
+that every token-group span decodes to exactly its text, and run a forward pass with images."""
+
+import pytest
+import torch
+
+from mllm_arb.core.errors import UserError
+from mllm_arb.core.prompt import CONTEXT_PREFIX, render_all
+from mllm_arb.core.records import Condition
+from mllm_arb.models.loading import load_adapter
+
+from ..conftest import FAMILIES, conflict_items
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_spans_decode_to_their_text(family, padding_side):
+    adapter = load_adapter(f"tiny:{family}", padding_side=padding_side)
+    samples = render_all(conflict_items(4), [Condition.TEXT_FOLLOWING])
+    batch = adapter.build_batch(samples)
+    ids = batch.inputs["input_ids"]
+    mask = batch.inputs["attention_mask"]
+    assert len({int(m.sum()) for m in mask}) > 1, "the batch should need padding"
+    for row, sample in enumerate(samples):
+        spans = batch.spans[row]
+        expected = {
+            "context": CONTEXT_PREFIX + sample.context,
+            "instruction": sample.instruction,
+            "question": sample.question,
+            "format": sample.format,
+        }
+        for group, text in expected.items():
+            got = adapter.tokenizer.decode(ids[row, spans[group]])
+            assert _norm(got) == _norm(text), (family, group)
+            assert spans[group] == list(range(spans[group][0], spans[group][-1] + 1)), "text spans are contiguous"
+        image_positions = (ids[row] == adapter.image_token_id).nonzero().flatten().tolist()
+        assert spans["image"] == image_positions and image_positions
+        last = spans["last"][0]
+        assert mask[row, last] == 1 and (last == ids.shape[1] - 1 or mask[row, last + 1 :].sum() == 0)
+        covered = sorted(p for g, pos in spans.items() if g != "last" for p in pos)
+        assert covered == mask[row].nonzero().flatten().tolist(), "groups partition the real tokens"
+        assert max(spans["image"]) < min(spans["context"]), "the image comes first"
+    out = adapter.model(**batch.inputs)
+    assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_text_only_prompts_have_no_image_group(family):
+    adapter = load_adapter(f"tiny:{family}")
+    samples = render_all(conflict_items(2), [Condition.TEXT_ONLY])
+    batch = adapter.build_batch(samples)
+    assert all(not s["image"] for s in batch.spans)
+    assert "pixel_values" not in batch.inputs
+    assert adapter.last_logits(batch).shape[0] == 2
+
+
+def test_decoder_parts_are_found_by_introspection():
+    adapter = load_adapter("tiny:qwen2_vl")
+    parts = adapter.parts
+    assert parts.n_layers == adapter.model.config.get_text_config().num_hidden_layers
+    assert parts.o_proj(0).in_features == parts.n_heads * parts.head_dim
+    assert parts.unembed is adapter.model.get_output_embeddings()
+
+
+def test_missing_model_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_adapter(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no config.json"):
+        load_adapter(str(tmp_path))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    with pytest.raises(UserError, match="unsupported architecture 'llama'"):
+        load_adapter(str(tmp_path / "llama"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_double_bos(family):
+    adapter = load_adapter(f"tiny:{family}")
+    batch = adapter.build_batch(render_all(conflict_items(1), [Condition.TEXT_FOLLOWING]))
+    bos = adapter.tokenizer.bos_token_id
+    ids = batch.inputs["input_ids"][0].tolist()
+    assert bos is None or ids.count(bos) <= 1
