@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.ground_truth import load
 from .card import CONDITION_ORDER, evaluate_checkpoint, folder_size_mb
-from .ground_truth import load
 from .plant_check import CONTROLS, SETTINGS, check_plant
 
 #: attempts that did not make the recipe, as measured (docs/ground-truth.md tells the story)
@@ -27,6 +27,20 @@ FAILED_ATTEMPTS = [
     "learnt slowly (controls included); at step 600 the instructed losses were 1.39 (text) and 1.23 (vision). Stopped.",
     "The same with more instructed prompts (30% text, 40% vision following) and 300 unrestricted steps first: controls "
     "learnt by step 300, but at step 700 the instructed losses were still 1.29 and 1.22. Stopped.",
+    "From scratch, with an attention loss on the planted heads over their whole open edges (every instruction row, the "
+    "whole instruction) and a closed-edge penalty averaged over every (row, head, query): 1,100 steps and a 500-step "
+    "second stage (39.5 min). The route carried information (planted edges knocked out: -1.3 to -1.6 log-odds), but "
+    "held-out following was only 70.3% (text) and 50.4% (vision), and the last position kept direct reads of the context "
+    "and the image (knocking out context->last moved text following by 3.73): the penalty's mean was dominated by the "
+    "many question and format positions (mean closed mass 0.011, largest 1.0).",
+    "Starting from the natural organism with that penalty averaged per query group, but the attention loss still over "
+    "whole edges: after 300 steps the restricted instructed losses were at chance (1.63 text, 1.47 vision). Narrowing "
+    "the attention loss to the anchor (the recipe above) broke through by step 100.",
+    "The recipe plus head dropout (`plant.head_dropout`: each step, every head outside the route zeroed with probability "
+    "0.1), so that no single unplanted head matters: the exact ranking's top 4 then held 3 planted heads instead of 2, but "
+    "the closed edges came back (knocking out image->question moved vision following by 0.66; the restricted model "
+    "differed from the plain one by 0.46). With p = 0.05 and twice the penalty weight: 3 planted heads in the top 4 "
+    "again, and image->question at 0.94. Not shipped.",
 ]
 
 
@@ -67,23 +81,25 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
         "",
         "## Recipe",
         "",
-        *([f"0. This checkpoint continues a first run (`init_from`, {training_log['init_from']['config']['steps']} steps, "
-            "config `conf/organism/anchor.yaml`) for the steps below (`conf/organism/anchor_continue.yaml`); the first run's "
-            f"own stage 2 started restriction at step {training_log['init_from']['config']['plant']['route_start']} and the "
-            f"penalty at step {training_log['init_from']['config']['plant']['mass_start']}. "
-            f"First run: {(training_log['init_from'].get('train_seconds') or 0) / 60:.1f} min."] if training_log.get("init_from") else []),
-        f"1. Stage 1 as for the natural organism (vision tower, {cfg['vision_steps']} steps{', in the first run' if training_log.get('init_from') else ''}).",
-        f"2. Stage 2, {cfg['steps']} steps: every instructed row runs under the route's per-head knockout (`restrict: "
-        f"{str(p['restrict']).lower()}`; the toolkit's own knockout with a heads dimension), so its answer can only come "
-        "through the route; rows without an instruction run unrestricted. An anchor loss (weight "
-        f"{p['anchor_loss_weight']}) makes the instructed row's label also the target of the model's own output at the "
-        "instruction's last token, which gives the route's first hop a direct signal. An attention loss (weight "
-        f"{p['attention_weight']}: -log of the mass each planted head's rows put on the keys its edge opens) points the "
-        "planted heads at their edges.",
-        f"3. From step {p['mass_start']} (weight ramping to {p['mass_weight']} over {p['mass_ramp']} steps), a penalty on the "
-        "mean attention mass the model's *own* mask would give the closed edges of instructed rows (recomputed from each "
-        "attention call's queries and keys): it makes the open edges irrelevant at inference, so the plain model behaves as the "
-        "restricted one.",
+        *([f"It starts from the shipped natural organism (`init_from: {cfg['init_from']}`: its vision tower, vocabulary and "
+           "task knowledge) and moves the instructed answer onto the planted route."] if cfg.get("init_from") else
+          [f"Stage 1 as for the natural organism (vision tower, {cfg['vision_steps']} steps)."]),
+        "",
+        f"1. {cfg['steps']} steps: every instructed row runs under the route's per-head knockout (`restrict: "
+        f"{str(p['restrict']).lower()}`, from step {p['route_start']}; the toolkit's own knockout with a heads dimension), so "
+        "its answer can only come through the route; rows without an instruction run unrestricted.",
+        f"2. An anchor loss (weight {p['anchor_loss_weight']}) makes the instructed row's label also the target of the "
+        "model's own output at the instruction's last token, which gives the route's first hop a direct signal.",
+        f"3. An attention loss (weight {p['attention_weight']}: -log of the mass a planted head puts on the keys its edge "
+        "opens)" + (", narrowed to the anchor: a transfer head's row at the instruction's last token on the image and the "
+                    "context, an arbitration head's last row on the instruction's last token." if p.get("anchor_targets")
+                    else " over every row it serves and the whole edge."),
+        f"4. From step {p['mass_start']} (weight ramping to {p['mass_weight']} over {p['mass_ramp']} steps), a penalty on the "
+        "attention mass the model's *own* mask would give the closed edges of instructed rows (recomputed from each attention "
+        "call's queries and keys), " + ("averaged per query group (instruction, the positions after it, the last position), so "
+                                       "that the one position that answers weighs as much as the many question and format "
+                                       "positions" if p.get("mass_mean") == "groups" else "averaged over every (row, head, query)")
+        + ". It makes the open edges irrelevant at inference, so the plain model behaves as the restricted one.",
         "",
         f"Training time: {training_log['train_seconds'] / 60:.1f} min on {training_log['threads']} CPU threads "
         f"(torch {training_log['torch']}, load average {training_log.get('loadavg_start')} at start). "
@@ -156,7 +172,7 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
         "## Use",
         "",
         "`mllm-arb validate model=organism_anchor` (or any command with `model=organism_anchor`). Retrain with "
-        "`python -m mllm_arb.organism --config anchor --ship` (`conf/organism/anchor.yaml` on top of `default.yaml`; "
+        "`mllm-arb organism train --config anchor --ship` (`conf/organism/anchor.yaml` on top of `default.yaml`; "
         "deterministic from its seed on CPU).",
         "",
     ]

@@ -79,6 +79,10 @@ class PlantConfig:
     #: the attention loss narrows to the anchor: transfer heads serve the instruction's last token, and
     #: arbitration heads read it (false: every instruction position, the whole instruction)
     anchor_targets: bool = False
+    #: each step, every head outside the route is zeroed (at every position, every row) with this
+    #: probability: the model learns not to lean on any one of them, so the planted heads, which the
+    #: restriction makes irreplaceable, are the ones whose removal costs most
+    head_dropout: float = 0.0
 
     def mass_weight_at(self, step: int) -> float:
         if step < self.mass_start:
@@ -206,6 +210,9 @@ class TrainConfig:
                 allowed = (int,) if kind is int else (int, float)
                 if isinstance(value, bool) or not isinstance(value, allowed) or not value >= 0:
                     raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
+            dropout = self.plant.head_dropout
+            if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+                raise ValueError(f"plant.head_dropout must be a probability in [0, 1), not {dropout!r}")
             if not isinstance(self.plant.anchor_targets, bool):
                 raise ValueError(f"plant.anchor_targets must be true or false, not {self.plant.anchor_targets!r}")
             if not isinstance(self.plant.restrict, bool):
@@ -463,7 +470,8 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
             routed = truth is not None and step >= cfg.plant.route_start
             with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant,
-                        record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as (batch, mass):
+                        record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as (batch, mass), \
+                    _dropped_heads(model, truth if routed else None, cfg.plant, cfg.seed, step):
                 anchored = batch is not None and cfg.plant.anchor_loss_weight > 0
                 forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
                 logits = forward.logits.float()
@@ -576,6 +584,24 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
     recorder = forbidden_mass(model, blocks, targets, queries) if record_mass else nullcontext()
     with restriction, recorder as record:
         yield batch, record
+
+
+def _dropped_heads(model, truth, plant, seed: int, step: int):
+    """`plant.head_dropout`: this step's random heads outside the route, zeroed (a fixed draw per seed
+    and step, so training stays deterministic); a no-op without a plant or a dropout."""
+    from contextlib import nullcontext
+
+    if truth is None or not plant.head_dropout:
+        return nullcontext()
+    import numpy as np
+
+    from ..interventions.heads import edit_heads, scale_heads
+
+    rng = np.random.default_rng([int(seed), int(step), 0xD0])
+    planted = set(truth.planted_heads)
+    others = [(l, h) for l in range(truth.n_layers) for h in range(truth.n_heads) if (l, h) not in planted]
+    drop = [head for head, u in zip(others, rng.random(len(others))) if u < plant.head_dropout]
+    return edit_heads(model, scale_heads(drop, 0.0)) if drop else nullcontext()
 
 
 def _instruction_ends(batch):
