@@ -151,7 +151,7 @@ def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     assert len(res["scores"]["ablation"]["pooled"]) == 2 and len(res["scores"]["ablation"]["pooled"][0]) == 4
     assert set(res["agreement"]) == {"ablation~attribution", "ablation~dla", "attribution~dla"}
     head_set = read_head_set(ranked)
-    assert head_set.method == "attribution" and len(head_set.heads) == 1 and len(head_set.ranking) == 8
+    assert head_set.method == "ablation" and len(head_set.heads) == 1 and len(head_set.ranking) == 8
     assert len(head_set.rank_items) == 4
     rows = pq.read_table(ranked / "scores.parquet").to_pylist()
     assert len(rows) == 3 * 8 * 8  # methods × ranking samples (4 items × 2 settings) × heads

@@ -49,7 +49,7 @@ SWEEP = ["sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.25]", "sweep.
 CASES = {  # the evaluate and ablate runs resume in one process, the analyze run under torchrun with two
     "evaluate": (["evaluate", "model=llava_tiny", "data.n_items=30", "batch_size=1", "conditions=[text_following,vision_following]"],
                  "score", ["samples.parquet"], ["results.json"], 1),
-    # ablate ranks its heads first (partial/rank-attribution/), then blocks them batch by batch (partial/ablate/)
+    # ablate ranks its heads first (partial/rank-ablation/), then blocks them batch by batch (partial/ablate/)
     "ablate": (["ablate", "model=llava_tiny", "data.n_items=12", "batch_size=1", *SWEEP],
                "ablate", ["samples.parquet", "scores.parquet"], ["results.json", "heads.json"], 1),
     "analyze": (["analyze", "model=llava_tiny", "data.n_items=10", "batch_size=1", "analysis.edges=[image:last,context:last]"],
@@ -177,7 +177,7 @@ def test_amplify_resumes_both_sweeps_from_the_batches_a_crash_left(tmp_path):
     result = one_thread_invoke("amplify", "--resume", str(crashed))
     assert result.exit_code == 0, result.output
     batches = json.loads((crashed / "manifest.json").read_text())["batches"]
-    assert batches["rank-attribution"]["computed"] == 0
+    assert batches["rank-ablation"]["computed"] == 0
     for stage, paths in dropped.items():
         assert batches[stage]["computed"] == len(paths) > 0 and batches[stage]["reused"] > 0, stage
     assert all(snapshot(crashed / "partial")[k] == v for k, v in kept.items())
