@@ -1,5 +1,5 @@
 """The report's head sections, read from the `rank-heads`, `ablate` and `amplify` run directories
-(`mllm_arb/analysis/head_stages.py` writes them): the score heatmaps and the top-k list, blocking against
+(`mllm_arb/pipeline/heads/` writes them): the score heatmaps and the top-k list, blocking against
 random and lowest-ranked heads with its dose-response, amplification recovery and harm against α, the
 controls under both edits, and their comparison across models."""
 

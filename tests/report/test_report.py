@@ -42,7 +42,7 @@ SETTINGS, CONTROLS = ["text_following", "vision_following"], ["image_only", "tex
 
 
 def sweep_rows(rng, arms, n_items=6):
-    """Per-sample rows as `analysis.sweeps.run_arms` writes them, with made-up log-odds: the top heads hurt."""
+    """Per-sample rows as `pipeline.heads.arms.run_arms` writes them, with made-up log-odds: the top heads hurt."""
     rows = []
     for arm in arms:
         conds = SETTINGS + (CONTROLS if arm.get("controls") else [])
