@@ -41,6 +41,10 @@ FAILED_ATTEMPTS = [
     "the closed edges came back (knocking out image->question moved vision following by 0.66; the restricted model "
     "differed from the plain one by 0.46). With p = 0.05 and twice the penalty weight: 3 planted heads in the top 4 "
     "again, and image->question at 0.94. Not shipped.",
+    "The recipe with instruction->instruction reads also closed in layers 0-3 for every head but the transfer heads (a "
+    "throwaway patch, to take the in-instruction relay off unplanted heads): learning slowed sharply; after 350 of 600 "
+    "steps the restricted instructed losses were 1.06 (text) and 0.96 (vision), against 0.03 and 0.3 for the recipe, and "
+    "held-out text following was 0.41. Stopped.",
 ]
 
 
