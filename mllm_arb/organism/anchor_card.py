@@ -43,7 +43,8 @@ FAILED_ATTEMPTS = [
     "again, and image->question at 0.94. Not shipped.",
     "The recipe with instruction->instruction reads also closed in layers 0-3 for every head but the transfer heads (a "
     "throwaway patch, to take the in-instruction relay off unplanted heads): learning slowed sharply; after 350 of 600 "
-    "steps the restricted instructed losses were 1.06 (text) and 0.96 (vision), against 0.03 and 0.3 for the recipe, and "
+    "steps the restricted instructed losses were 1.06 (text) and 0.96 (vision), against 0.08 and 0.52 for the recipe at step "
+    "300 and 0.02 and 0.22 at step 400, and "
     "held-out text following was 0.41. Stopped.",
 ]
 
