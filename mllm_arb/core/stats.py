@@ -25,12 +25,10 @@ def summarise(values: Sequence[float], **kw) -> dict:
 
 
 def mean_interval(values: Sequence[float], n_boot: int, seed: int) -> dict:
-    """Mean with a 95% bootstrap interval; None entries when there are no values."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
+    """`summarise`, with None entries (JSON null, not NaN) when there are no values."""
+    if len(values) == 0:
         return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    lo, hi = bootstrap_ci(x, n_boot=n_boot, seed=seed)
-    return {"mean": float(x.mean()), "ci_low": lo, "ci_high": hi, "n": int(x.size)}
+    return summarise(values, n_boot=n_boot, seed=seed)
 
 
 def over_seeds(per_seed: Sequence[float], n_boot: int, seed: int) -> dict:

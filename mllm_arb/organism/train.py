@@ -606,10 +606,10 @@ def _dropped_heads(model, truth, plant, seed: int, step: int):
 
 def _instruction_ends(batch):
     """(rows, positions): each instructed row and the position of its instruction's last token."""
-    import torch
+    from ..interventions.plant import instruction_end
 
-    found = [(row, max(spans["instruction"])) for row, spans in enumerate(batch.spans) if spans.get("instruction")]
-    return torch.tensor([r for r, _ in found], dtype=torch.long), torch.tensor([p for _, p in found], dtype=torch.long)
+    rows, ends = instruction_end(batch).nonzero(as_tuple=True)
+    return rows.cpu(), ends.cpu()
 
 
 def _load_weights(model, folder: Path) -> None:

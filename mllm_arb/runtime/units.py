@@ -110,11 +110,6 @@ def load_units(store: UnitStore, units: Sequence[Any], samples_of: Callable[[Any
     return [store.load(index, unit_keys(samples_of(unit))) for index, unit in enumerate(units)]
 
 
-def merge_units(store: UnitStore, units: Sequence[Sequence[Sample]]) -> list:
-    """Every unit's rows, in unit order: the same list a single uninterrupted process produces."""
-    return [row for rows in load_units(store, units) for row in rows]
-
-
 def drop_interrupted_writes(run_path: Path) -> int:
     """Delete the temporary files of writes a crash cut short (their units are simply recomputed)."""
     tmps = list((Path(run_path) / FOLDER).glob("*/.*.tmp"))
