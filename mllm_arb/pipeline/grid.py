@@ -28,6 +28,7 @@ from ..core.errors import UserError
 from ..core.names import GRID_COMMANDS, SHARDABLE
 from ..core.paths import conf_dir
 from ..core.results import GridResults
+from ..core.verdicts import verdict_of
 from ..runtime.runs import RunDir
 from ..runtime.stage import StageResult
 from .registry import stage_function
@@ -195,6 +196,6 @@ def headline(run_dir: Path) -> dict[str, Any]:
         return {"mfr": {c: (e["mfr"]["mean"] if isinstance(e, dict) else e) for c, e in mfr.items() if "/" not in c}}
     findings = run_dir / "findings.json"
     if findings.is_file():
-        return {"findings": {k: f["holds"] for k, f in json.loads(findings.read_text()).items()}}
+        return {"findings": {k: verdict_of(f) for k, f in json.loads(findings.read_text()).items()}}
     keep = ("n_items", "fingerprint", "heads", "n_selected")
     return {k: results[k] for k in keep if k in results}

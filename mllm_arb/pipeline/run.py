@@ -14,6 +14,7 @@ from ..core.errors import UserError
 from ..core.heads_file import FILE_NAME
 from ..core.names import POOLED
 from ..core.results import RunResults, at_best_alpha, mfr_means, pooled_blocking, read_results
+from ..core.verdicts import verdict_of
 from ..data.sources import build_items
 from ..report.html import write_report
 from ..runtime.config import resolved
@@ -96,7 +97,7 @@ def gather(root: Path, stages: dict[str, str]) -> RunResults:
     ev, ab, am, rk = res("evaluate"), res("ablate"), res("amplify"), res("rank-heads")
     out: RunResults = {"stages": stages, "mfr": mfr_means(ev), "heads": []}
     if (root / stages["analyze"] / "findings.json").exists():
-        out["findings"] = {k: f["holds"] for k, f in res("analyze", "findings.json").items()}
+        out["findings"] = {k: verdict_of(f) for k, f in res("analyze", "findings.json").items()}
     out["heads"] = rk["heads"]
     pooled = pooled_blocking(ab)
     if pooled:

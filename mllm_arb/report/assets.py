@@ -71,6 +71,7 @@ th[aria-sort="descending"] button::after { content: "\25BC"; color: var(--fg); }
 .yes { background: var(--ok-bg); color: var(--ok); }
 .no { background: var(--bad-bg); color: var(--bad); }
 .na { background: var(--na-bg); color: var(--na); }
+.off { background: var(--line); color: var(--muted); }
 details { margin: 0.5rem 0; }
 summary { cursor: pointer; color: var(--accent); }
 footer { color: var(--muted); font-size: 0.85rem; margin-top: 3rem; border-top: 1px solid var(--line); padding-top: 0.75rem; }

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..core import verdicts as V
 from ..core.files import atomic_write_bytes
 from .assets import CSS, JS
 from .study import finite
@@ -64,12 +65,12 @@ def human(name: str) -> str:
     return CONDITIONS.get(name, (name.replace("_", " "),))[0]
 
 
-def badge(holds: Any) -> str:
-    if holds is True:
-        return '<span class="badge yes">holds</span>'
-    if holds is False:
-        return '<span class="badge no">does not hold</span>'
-    return '<span class="badge na">not checkable</span>'
+def badge(verdict: Any) -> str:
+    """A verdict (core/verdicts.py), or a bool for yes / no, as a coloured pill."""
+    if not isinstance(verdict, str):
+        verdict = {True: V.HOLDS, False: V.FAILS}.get(verdict, V.UNCHECKED)
+    css = {V.HOLDS: "yes", V.FAILS: "no", V.UNDECIDED: "na"}.get(verdict, "off")
+    return f'<span class="badge {css}">{verdict}</span>'
 
 
 @dataclass

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ...core.ground_truth import GroundTruth
+from ...core.verdicts import verdict_of
 from ...interventions.knockout import layer_window
 from ..heads.methods import rank
 
@@ -114,7 +115,8 @@ def best_method(per_method: Mapping[str, dict]) -> str:
 
 
 def findings_summary(findings: Mapping) -> dict:
-    return {key: {"claim": f["claim"], "holds": f["holds"], "value": f["value"]} for key, f in findings.items()}
+    return {key: {"claim": f["claim"], "holds": f["holds"], "verdict": verdict_of(f), "value": f["value"],
+                  "interval": f.get("interval")} for key, f in findings.items()}
 
 
 def blocking_summary(blocking: Mapping, heads: Sequence[Sequence[int]], truth: GroundTruth) -> dict:

@@ -18,6 +18,7 @@ from ...core.ground_truth import GroundTruth, load
 from ...core.heads_file import FILE_NAME as HEADS_FILE
 from ...core.names import VALIDATE_NEEDS
 from ...core.results import ValidateResults, read_results
+from ...core.verdicts import verdict_of
 from ...report.html import write_report
 from ...runtime.config import resolved
 from ...runtime.runs import RunDir
@@ -132,6 +133,6 @@ def headline(report: dict, model: str) -> ValidateResults:
         "heads": {m: {"auroc": v["auroc"], "recall_top_planted": v["top_planted_count"]["recall"],
                       "precision_top_fraction": v["top_fraction"]["precision"]} for m, v in hd["methods"].items()},
         "best_method": hd["best_method"],
-        "findings": {k: f["holds"] for k, f in report["findings"].items()},
+        "findings": {k: verdict_of(f) for k, f in report["findings"].items()},
         "stages": report["stages"],
     }
