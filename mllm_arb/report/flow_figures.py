@@ -11,6 +11,13 @@ def draw_flow_figures(results: dict, folder: Path, title: str) -> list[Path]:
     paths: list[Path] = []
     for setting, curves in results["knockout"].items():
         paths += plots.knockout_curves(curves, f"Attention knockout, {setting.replace('_', '-')} — {title}", folder, f"knockout_{setting}")
+    for setting, edges in (results.get("cumulative") or {}).items():
+        for span, words in (("from", "from each layer to the last"), ("until", "from the first layer up to each layer")):
+            curves = {edge: spans[span] for edge, spans in edges.items() if spans.get(span)}
+            if curves:
+                paths += plots.knockout_curves(curves, f"Cumulative knockout {words}, {setting.replace('_', '-')} — {title}", folder,
+                                               f"cumulative_{span}_{setting}", x="layer",
+                                               xlabel="first blocked layer" if span == "from" else "last blocked layer")
     for setting, curves in (results.get("saliency") or {}).items():
         paths += plots.knockout_curves(curves, f"Attention saliency |A ⊙ ∂L/∂A|, {setting.replace('_', '-')} — {title}", folder,
                                        f"saliency_{setting}", x="layer", xlabel="layer",

@@ -298,13 +298,36 @@ def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family, monk
         naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
         columns.clear()
         fast = knockout_rows(adapter, samples, plan, batch_size=3, variants=4)
-        assert max(columns) == into_last * len(plan.windows())  # every (edge into last, window) of the conflict batch
+        # every (edge into last, distinct window) of the conflict batch: windows clipped to the same layers run once
+        assert max(columns) == into_last * len({tuple(layers) for _, layers in plan.windows()})
         assert _sweep_keys(fast) == _sweep_keys(naive)
         assert any(r["delta"] != 0 for r in naive)
         for a, b in zip(fast, naive):
             assert a["log_odds_before"] == pytest.approx(b["log_odds_before"], abs=1e-5)
             assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
             assert a["follows_after"] == b["follows_after"]
+
+
+def test_cumulative_knockout_spans_fast_equal_naive_and_agree_where_they_coincide(tiny):
+    """Cumulative spans from the recorded pass equal one forward per span; spans blocking the same layers
+    (from 0 and until the last; a 1-layer window and from/until at the ends) give the same numbers."""
+    adapter, _ = tiny("llava")
+    n_layers = adapter.parts.n_layers
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING, Condition.VISION_FOLLOWING])
+    plan = KnockoutPlan(edges=(("context", "instruction"), ("image", "last")), window=1, n_layers=n_layers, cumulative=True)
+    assert n_layers >= 2 and plan.n_passes_per_batch == 2 * (3 * n_layers - 3)  # windows, from, until: shared layer sets once
+    naive = knockout_rows(adapter, samples, plan, batch_size=3, fast=False)
+    fast = knockout_rows(adapter, samples, plan, batch_size=3)
+    key = lambda r: (r["item_id"], r["setting"], r["edge"], r["span"], r["center"])  # noqa: E731
+    assert [key(r) for r in fast] == [key(r) for r in naive]
+    assert [r["log_odds_after"] for r in fast] == pytest.approx([r["log_odds_after"] for r in naive], abs=1e-5)
+    at = {key(r): r["log_odds_after"] for r in fast}
+    for item, setting, edge, _, _ in {k for k in at}:
+        same = lambda a, b: at[(item, setting, edge, *a)] == at[(item, setting, edge, *b)]  # noqa: E731
+        assert same(("from", 0), ("until", n_layers - 1))
+        assert same(("window", n_layers - 1), ("from", n_layers - 1)) and same(("window", 0), ("until", 0))
+    # blocking more layers of image->last moves the vision-following log-odds at least somewhere
+    assert any(r["delta"] != 0 for r in fast if r["span"] == "from" and r["edge"] == "image->last")
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2_vl"])

@@ -7,6 +7,7 @@ import torch
 
 from mllm_arb.core.prompt import render_all
 from mllm_arb.core.records import CONFLICT_CONDITIONS
+from mllm_arb.core.verdicts import VERDICTS, holds_of
 from mllm_arb.models.loading import load_adapter
 from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows, lens_rows, summarise_lens
 
@@ -27,13 +28,19 @@ def test_analyze_writes_results_findings_and_plots(tmp_path):
         assert [tuple(e.split("->")) for e in curves] == list(STUDY_EDGES)
         assert all([p["center"] for p in pts] == list(range(n_layers)) for pts in curves.values())
         assert len(results["lens"]["agreement"][setting]) == n_layers
+        for edge, spans in results["cumulative"][setting].items():  # from l to the last, from the first to l
+            assert [p["layer"] for p in spans["from"]] == [p["layer"] for p in spans["until"]] == list(range(n_layers))
+            whole = spans["from"][0]
+            assert whole["mean"] == spans["until"][-1]["mean"]  # both block every layer
     findings = json.loads((run / "findings.json").read_text())
     assert set(findings) == {"a_transfer_peak", "b_direct_image_negligible", "c_late_mlp_inertia", "d_anchor_agreement"}
-    assert all(f["holds"] in (True, False, None) for f in findings.values())
-    for stem in ("knockout_text_following", "knockout_vision_following", "lens_text_following", "agreement"):
+    for f in findings.values():
+        assert f["verdict"] in VERDICTS and f["holds"] == holds_of(f["verdict"]) and len(f["interval"]) == 2
+    for stem in ("knockout_text_following", "knockout_vision_following", "lens_text_following", "agreement",
+                 "cumulative_from_vision_following", "cumulative_until_text_following"):
         assert (run / "plots" / f"{stem}.png").stat().st_size > 5000
         assert (run / "plots" / f"{stem}.svg").exists()
-    assert "Findings" in result.output
+    assert "Findings" in result.output and "verdict" in result.output
 
 
 def test_flow_analyses_do_not_depend_on_batch_size():

@@ -1,5 +1,6 @@
-"""Information flow (docs/method.md §4): attention knockout between token groups over sliding layer windows,
-logit lens by component at the last and instruction positions, and anchor decision agreement.
+"""Information flow (docs/method.md §4): attention knockout between token groups over sliding layer windows
+(and, cumulatively, from each layer to the last and from the first to each layer), logit lens by
+component at the last and instruction positions, and anchor decision agreement.
 
 Per-sample rows come out of `knockout_rows` and `lens_rows`; `summarise_*` turn them into the per-layer
 curves that results.json, the plots and the findings read.
@@ -17,7 +18,7 @@ import torch
 
 from ...core.prompt import GROUPS
 from ...core.records import Sample
-from ...core.results import KnockoutCurves, KnockoutRow, LensSummary
+from ...core.results import CumulativeCurves, KnockoutCurves, KnockoutRow, LensSummary
 from ...core.scoring import answer_ids, binary_scores
 from ...core.scoring import batches
 from ...core.stats import summarise
@@ -52,21 +53,35 @@ def edge_name(edge: tuple[str, str]) -> str:
     return f"{edge[0]}->{edge[1]}"
 
 
+#: how a knockout variant picks its layers: a window centred on the layer, every layer from it to the
+#: last, every layer from the first up to it
+SPANS = ("window", "from", "until")
+
+
 @dataclass(frozen=True)
 class KnockoutPlan:
     edges: tuple[tuple[str, str], ...]
     window: int
     n_layers: int
+    #: also block each edge from layer l to the last and from the first layer to l: a read spread thinly
+    #: over many layers shows there, where no single window catches it
+    cumulative: bool = False
 
     def windows(self) -> list[tuple[int, list[int]]]:
         return [(c, layer_window(c, self.window, self.n_layers)) for c in range(self.n_layers)]
 
+    def spans(self) -> list[tuple[str, int, list[int]]]:
+        """(span, layer, the layers blocked) for every variant of one edge."""
+        out = [("window", c, layers) for c, layers in self.windows()]
+        if self.cumulative:
+            out += [("from", l, list(range(l, self.n_layers))) for l in range(self.n_layers)]
+            out += [("until", l, list(range(l + 1))) for l in range(self.n_layers)]
+        return out
+
     @property
     def n_passes_per_batch(self) -> int:
-        return len(self.edges) * self.n_layers
-
-
-Variant = tuple[tuple[str, str], int, list[int]]  # (edge, window centre, window layers)
+        """Distinct (edge, layers) knockouts: a variant that blocks the same layers as another is run once."""
+        return len(self.edges) * len({tuple(layers) for _, _, layers in self.spans()})
 
 
 @torch.no_grad()
@@ -86,16 +101,22 @@ def knockout_rows(
     pass, or query columns per pass for edges into the final position (default: `max_variants`,
     `max_columns`); `fast=False` runs one full forward pass per edge, window and batch.
     """
+    variants_of = [(edge, span, layer, layers) for edge in plan.edges for span, layer, layers in plan.spans()]
+    # variants that block the same layers (a clipped window and a cumulative span) share one knockout
+    unique: dict[tuple, int] = {}
+    for edge, _, _, layers in variants_of:
+        unique.setdefault((edge, tuple(layers)), len(unique))
+    todo: list[Variant] = [(edge, min(layers), list(layers)) for edge, layers in unique]
     rows: list[dict] = []
     for chunk in batches(samples, batch_size):
         batch = adapter.build_batch(chunk)
         ids = [answer_ids(adapter.tokenizer, s) for s in chunk]
-        todo: list[Variant] = [(edge, center, layers) for edge in plan.edges for center, layers in plan.windows()]
         if fast:
             base, after = _knockout_fast(adapter, batch, ids, todo, on_step, variants)
         else:
             base, after = _knockout_naive(adapter, batch, ids, todo, on_step)
-        for (edge, center, _), log_odds in zip(todo, after):
+        for edge, span, layer, layers in variants_of:
+            log_odds = after[unique[(edge, tuple(layers))]]
             for i, s in enumerate(chunk):
                 rows.append(
                     {
@@ -103,7 +124,8 @@ def knockout_rows(
                         "task": s.task,
                         "setting": s.condition.value,
                         "edge": edge_name(edge),
-                        "center": center,
+                        "span": span,
+                        "center": layer,
                         "log_odds_before": float(base[i]),
                         "log_odds_after": float(log_odds[i]),
                         "delta": float(log_odds[i] - base[i]),
@@ -179,17 +201,19 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
     return base, after
 
 
-def summarise_knockout(rows: Sequence[KnockoutRow], n_boot: int = 1000, seed: int = 0) -> KnockoutCurves:
-    """{setting: {edge: [per centre: mean Δ log-odds, 95% interval, MFR before and under knockout]}}."""
-    grouped: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+def _curves(rows: Sequence[KnockoutRow], span: str, key: str, n_boot: int, seed: int) -> dict[str, dict[str, list[dict]]]:
+    """{setting: {edge: [per layer of `span`: mean Δ log-odds, 95% interval, MFR before and under knockout]}};
+    rows written before cumulative spans existed are windows."""
+    grouped: dict[tuple[str, str, int], list[KnockoutRow]] = defaultdict(list)
     for r in rows:
-        grouped[(r["setting"], r["edge"], r["center"])].append(r)
+        if r.get("span", "window") == span:
+            grouped[(r["setting"], r["edge"], r["center"])].append(r)
     out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for (setting, edge, center), rs in grouped.items():  # insertion order: edges as configured, centres ascending
+    for (setting, edge, layer), rs in grouped.items():  # insertion order: edges as configured, layers ascending
         s = summarise([r["delta"] for r in rs], n_boot=n_boot, seed=seed)
         out[setting][edge].append(
             {
-                "center": center,
+                key: layer,
                 "mean": s["mean"],
                 "ci_low": s["ci_low"],
                 "ci_high": s["ci_high"],
@@ -199,6 +223,22 @@ def summarise_knockout(rows: Sequence[KnockoutRow], n_boot: int = 1000, seed: in
             }
         )
     return {k: dict(v) for k, v in out.items()}
+
+
+def summarise_knockout(rows: Sequence[KnockoutRow], n_boot: int = 1000, seed: int = 0) -> KnockoutCurves:
+    """{setting: {edge: [per window centre: mean Δ log-odds, 95% interval, MFR before and under knockout]}}."""
+    return _curves(rows, "window", "center", n_boot, seed)
+
+
+def summarise_cumulative(rows: Sequence[KnockoutRow], n_boot: int = 1000, seed: int = 0) -> CumulativeCurves:
+    """{setting: {edge: {"from": [per layer l: blocked in l..last], "until": [per l: blocked in 0..l]}}};
+    empty when the sweep ran no cumulative spans."""
+    out: dict[str, dict[str, dict[str, list]]] = defaultdict(dict)
+    for span in ("from", "until"):
+        for setting, edges in _curves(rows, span, "layer", n_boot, seed).items():
+            for edge, points in edges.items():
+                out[setting].setdefault(edge, {})[span] = points
+    return dict(out)
 
 
 @torch.no_grad()

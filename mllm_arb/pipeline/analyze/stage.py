@@ -20,7 +20,7 @@ from ...runtime.loading import load_model
 from ...runtime.ranks import session
 from ...runtime.stage import Stage, StageResult
 from .findings import check_findings
-from .flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_knockout, summarise_lens
+from .flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_cumulative, summarise_knockout, summarise_lens
 from .saliency import saliency_rows, summarise_saliency
 
 
@@ -45,14 +45,14 @@ def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
         window = int(a.window) if a.window else default_window_size(n_layers)
         if not 1 <= window <= n_layers:
             raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
-        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers)
+        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
         units = list(batches(samples, cfg.batch_size))
         with Stage.open(cfg, "analyze", resume, ranks, fp, model_source=str(cfg.model.path), n_samples=len(samples),
                         window=window, n_items=len(items), items_fingerprint=items_fp) as stage:
             passes = plan.n_passes_per_batch
             with stage.run.timed("knockout"):
                 ko_rows = stage.map_units("knockout", units, lambda u, step: knockout_rows(adapter, u, plan, cfg.batch_size, on_step=step),
-                                      f"knockout ({len(edges)} edges × {n_layers} windows)", cost=lambda i, u: len(u) * passes)
+                                      f"knockout ({len(edges)} edges × {passes // len(edges)} layer sets)", cost=lambda i, u: len(u) * passes)
             l_rows = s_rows = None
             if a.lens:
                 with stage.run.timed("lens"):
@@ -72,7 +72,9 @@ def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
         if s_rows is not None:
             tables["saliency.parquet"] = s_rows
             saliency = summarise_saliency(s_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
-        knockout = summarise_knockout(ko_rows, n_boot=cfg.scoring.n_boot, seed=cfg.seed)
+        boot = {"n_boot": cfg.scoring.n_boot, "seed": cfg.seed}
+        knockout = summarise_knockout(ko_rows, **boot)
+        cumulative = summarise_cumulative(ko_rows, **boot)
         results: AnalyzeResults = {
             "model": adapter.name,
             "dataset_fingerprint": fp,
@@ -81,9 +83,10 @@ def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             "window": window,
             "n_items": len(items),
             "knockout": knockout,
+            **({"cumulative": cumulative} if plan.cumulative else {}),
             "lens": lens,
             "saliency": saliency,
         }
-        findings = check_findings(knockout, lens or {"components": {}, "agreement": {}}, n_layers, a.findings)
+        findings = check_findings(knockout, l_rows, n_layers, a.findings, cumulative, **boot)
         return stage.finish(results, f"{adapter.name} on {cfg.data.source} ({len(items)} items)", tables=tables,
                             figures=draw_flow_figures, json_files={"findings.json": findings}, findings=findings)
