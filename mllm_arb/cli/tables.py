@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..core import verdicts as V
 from ..core.names import POOLED
 from ..runtime.progress import console_width
 from ..runtime.stage import StageResult
@@ -68,6 +69,26 @@ def print_blocking(console, results: dict, title: str) -> None:
     console.print(table)
     console.print("MFR for the settings, accuracy for the controls (below the line). top < random: the interval of the "
                   "top set's mean change (MFR or log-odds) lies wholly below the random sets'.")
+    print_interactions(console, results.get("interactions", {}).get(POOLED), amplify=False)
+
+
+def print_interactions(console, entries: list | None, amplify: bool, alpha=None) -> None:
+    """Each head of the set alone and left out (settings pooled)."""
+    if not entries:
+        return
+    what = "recovery" if amplify else "Δ MFR"
+    table = Table(title=f"Each head of the set: alone and left out{f' (α = {alpha:g})' if alpha is not None else ''}")
+    for col in ("head", f"{what} alone", f"{what} without it", "marginal following [95% CI]", "marginal log-odds"):
+        table.add_column(col, justify="right")
+    for e in entries:
+        alone, without = (e["alone"]["recovery"], e["without"]["recovery"]) if amplify else (e["alone"]["change"]["mfr"], e["without"]["change"]["mfr"])
+        m = e["marginal"]
+        table.add_row(f"L{e['head'][0]}H{e['head'][1]}", _f(alone["mean"], "{:+.3f}"), _f(without["mean"], "{:+.3f}"),
+                      f"{_f(m['mfr']['mean'], '{:+.3f}')} {_ci(m['mfr'], '{:+.2f}')}", _f(m["log_odds"]["mean"], "{:+.2f}"))
+    console.print(table)
+    console.print("marginal: the whole set minus the set without the head, paired per sample"
+                  + (" (following on failed samples); negative: the head cancels its companions." if amplify else
+                     "; negative: blocking it lowers following further, positive: blocking it gives following back."))
 
 
 def print_amplification(console, results: dict, title: str) -> None:
@@ -91,22 +112,29 @@ def print_amplification(console, results: dict, title: str) -> None:
     console.print(table)
     console.print(f"Settings pooled; recovery: failed samples that now follow; harm: following samples that flip; "
                   f"* best α (recovery − harm); last row: {rnd['recovery']['n_seeds'] if rnd else 0} random sets of {n} heads at the best α.")
+    print_interactions(console, amp.get("interactions", {}).get(POOLED), amplify=True, alpha=amp["best_alpha"])
+
+
+#: how each verdict shows on the console (core/verdicts.py)
+VERDICT_STYLE = {V.HOLDS: "[green]holds[/]", V.FAILS: "[red]does not hold[/]", V.UNDECIDED: "[yellow]undecided[/]",
+                 V.UNCHECKED: "[dim]not checkable[/]"}
 
 
 def print_findings(console, findings: dict, title: str) -> None:
     table = Table(title=f"Findings — {title}")
-    for col in ("claim", "measured", "threshold", "holds"):
+    for col in ("claim", "measured [95% interval]", "threshold", "verdict"):
         table.add_column(col)
     for key, f in findings.items():
-        value = f["value"]
+        value, (lo, hi) = f["value"], (f.get("interval") or [None, None])[:2]
+        interval = f" [{_f(lo, '{:+.3f}')}, {_f(hi, '{:+.3f}')}]" if lo is not None else ""
         if isinstance(value, dict):
-            shown = "\n".join(f"{k.replace('_difference', '')}: {v:+.3f}" for k, v in value.items())
+            shown = "\n".join(f"{k.replace('_difference', '').replace('_', ' ')}: {_f(v, '{:+.3f}')}" + (interval if k == f.get("interval_of") else "")
+                              for k, v in value.items() if v is None or isinstance(v, (int, float)))
         else:
-            shown = f"{value:+.3f}"
+            shown = _f(value, "{:+.3f}") + interval
         if key.startswith("a_") and f.get("measured"):
             shown += "".join(f"\n{m['edge']}: layer {m['peak_layer']}" for m in f["measured"])
-        holds = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}[f["holds"]]
-        table.add_row(f"({key[0]}) {f['claim']}", shown, f"{f['threshold']}", holds)
+        table.add_row(f"({key[0]}) {f['claim']}", shown, f"{f['threshold']}", VERDICT_STYLE[V.verdict_of(f)])
     console.print(table)
 
 
@@ -148,8 +176,7 @@ def print_validation(console, report: dict, model: str) -> None:
         t.add_row(name, _f(v["auroc"]), _f(v["top_fraction"]["precision"]), _f(v["top_planted_count"]["recall"]),
                   " ".join(f"{k}:{r}" for k, r in v["planted_ranks"].items()))
     console.print(t)
-    yes = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}
-    console.print("findings: " + ", ".join(f"({k[0]}) {yes[f['holds']]}" for k, f in report["findings"].items()))
+    console.print("findings: " + ", ".join(f"({k[0]}) {VERDICT_STYLE[V.verdict_of(f)]}" for k, f in report["findings"].items()))
     b = report["blocking"]
     pooled = b["mfr"].get("conflict")
     if pooled:
@@ -199,6 +226,8 @@ def show(result: StageResult) -> None:
         print_grid(console, results)
     elif command in _TABLES:
         _TABLES[command](console, results, title)
+    if command in ("ablate", "amplify") and result.extra.get("findings"):
+        print_findings(console, result.extra["findings"], title)
     if command == "build-data":
         console.print(f"dataset: {files['dataset']}  (use: data=disk data.path={files['dataset']})")
     elif command == "rank-heads":

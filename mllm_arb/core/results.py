@@ -71,7 +71,8 @@ class KnockoutRow(TypedDict):
     task: str
     setting: str
     edge: str
-    center: int
+    span: NotRequired[str]  # window | from | until (rows written before cumulative spans: window)
+    center: int  # the window's centre, or the layer a cumulative span starts or ends at
     log_odds_before: float
     log_odds_after: float
     delta: float
@@ -79,10 +80,9 @@ class KnockoutRow(TypedDict):
     follows_after: bool
 
 
-class KnockoutPoint(TypedDict):
-    """One window of one edge in one setting: the mean change in following log-odds."""
+class _KnockoutEffect(TypedDict):
+    """The mean change in following log-odds under a knockout, its 95% interval, and MFR before and under it."""
 
-    center: int
     mean: float
     ci_low: float
     ci_high: float
@@ -91,8 +91,25 @@ class KnockoutPoint(TypedDict):
     mfr_after: float
 
 
+class KnockoutPoint(_KnockoutEffect):
+    """One window of one edge in one setting."""
+
+    center: int
+
+
 #: setting -> edge ("src->dst") -> one point per window centre
 KnockoutCurves = dict[str, dict[str, list[KnockoutPoint]]]
+
+
+class CumulativePoint(_KnockoutEffect):
+    """One cumulative span of one edge in one setting: blocked from `layer` to the last layer ("from")
+    or from the first layer to `layer` ("until")."""
+
+    layer: int
+
+
+#: setting -> edge -> "from" | "until" -> one point per layer
+CumulativeCurves = dict[str, dict[str, dict[str, list[CumulativePoint]]]]
 
 
 class LensSplit(TypedDict):
@@ -121,6 +138,7 @@ class AnalyzeResults(TypedDict):
     window: int
     n_items: int
     knockout: KnockoutCurves
+    cumulative: NotRequired[CumulativeCurves]  # when analysis.cumulative
     lens: LensSummary | None
     saliency: dict[str, Any] | None
 
@@ -130,8 +148,11 @@ class Finding(TypedDict):
 
     claim: str
     value: float | dict[str, float]
-    threshold: float
-    holds: bool | None
+    threshold: float | str
+    verdict: NotRequired[str]  # holds | does not hold | undecided | not checkable (core/verdicts.py)
+    interval: NotRequired[list[float | None]]  # the deciding number's 95% bootstrap interval
+    interval_of: NotRequired[str]  # which entry of a dict value the interval belongs to
+    holds: bool | None  # True / False with the verdict; None when undecided or not checkable
     measured: NotRequired[list[dict[str, Any]]]
     at: NotRequired[dict[str, Any]]
     layers: NotRequired[list[int]]
@@ -256,9 +277,21 @@ class HeadsEdited(Provenance):
     controls: list[str]
 
 
+class Interaction(TypedDict):
+    """One head of the selected set: edited alone, the set without it, and its marginal effect (the whole
+    set minus the set without it, paired per sample; under amplification the MFR part counts failed
+    samples only). `alone` and `without` are `Edited` under blocking, `RecoveryHarm` under amplification."""
+
+    head: list[int]
+    alone: dict[str, Any]
+    without: dict[str, Any]
+    marginal: dict[str, Summary]  # "mfr", "log_odds"
+
+
 class AblateResults(HeadsEdited):
     blocking: dict[str, Blocking]  # POOLED, each setting, each control
     dose: dict[str, list[dict[str, Any]]]  # condition -> one point per k
+    interactions: NotRequired[dict[str, list[Interaction]]]  # POOLED, each setting (sweep.interactions > 0, 2+ heads)
 
 
 class RecoveryHarm(TypedDict):
@@ -281,6 +314,7 @@ class Amplification(TypedDict):
     per_alpha: list[AlphaPoint]
     best_alpha: float | None
     random_at_best_alpha: NotRequired[dict[str, dict[str, Any]]]
+    interactions: NotRequired[dict[str, list[Interaction]]]  # at the best α
 
 
 class AmplifyResults(HeadsEdited):
@@ -293,7 +327,7 @@ class RunResults(TypedDict):
 
     stages: dict[str, str]
     mfr: dict[str, float]
-    findings: NotRequired[dict[str, bool | None]]
+    findings: NotRequired[dict[str, str]]  # claim -> verdict
     heads: list[list[int]]
     blocking: NotRequired[dict[str, Any]]
     amplification: NotRequired[dict[str, Any]]
@@ -307,7 +341,7 @@ class ValidateResults(TypedDict):
     peaks_inside: list[bool]
     heads: dict[str, dict[str, float]]
     best_method: str | None
-    findings: dict[str, bool | None]
+    findings: dict[str, str]  # claim -> verdict
     stages: dict[str, str]
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.names import POOLED
+from ..core.verdicts import blocking_finding, recovery_finding
 from . import page_figures as pf
 from .page import Cell, Page, absent, ci, esc, human, num, pct, table
 from .study import StageRun, Study, finite
@@ -160,6 +161,7 @@ def blocking(study: Study, page: Page, fallback) -> str:
                           "relative MFR drop", "Δ log-odds (top)", "top clears random"], rows,
                          caption="MFR (settings) or accuracy (controls) with 95% intervals; “clears” means the top set's interval "
                                  "lies below the random sets' (MFR or log-odds)."))
+    out.append(interactions_table(r.get("interactions") or {}, amplify=False))
     dose = r.get("dose") or {}
     if dose:
         drows = []
@@ -226,7 +228,37 @@ def amplification(study: Study, page: Page, fallback) -> str:
     if rows:
         out.append(table(["α", "condition", "failed", "recovery", "following", "harm", "MFR after", "Δ log-odds (failed)"], rows,
                          caption="Per α and condition, with 95% intervals (random sets: mean and spread over sets)."))
+    out.append(interactions_table(amp.get("interactions") or {}, amplify=True, alpha=best))
     return "".join(out)
+
+
+def interactions_table(interactions: Mapping, amplify: bool, alpha: Any = None) -> str:
+    """Per head of the set (settings pooled): its effect alone, the set's without it, and its marginal
+    effect, so a head that carries the set, or a companion that cancels it, is visible."""
+    entries = interactions.get(POOLED) or []
+    if not entries:
+        return ""
+    rows = []
+    for e in entries:
+        name = f"L{e['head'][0]}H{e['head'][1]}"
+        if amplify:
+            rows.append([Cell(esc(name), name), interval(e["alone"].get("recovery")), interval(e["without"].get("recovery")),
+                         interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
+        else:
+            rows.append([Cell(esc(name), name), interval(e["alone"]["change"]["mfr"]), interval(e["without"]["change"]["mfr"]),
+                         interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
+    what = "recovery" if amplify else "MFR change"
+    caption = ((f"Each head of the set amplified alone and the set amplified without it, at α = {alpha:g}: recovery of failed "
+                "conflict samples; marginal: the whole set minus the set without the head, paired per sample (following on "
+                "failed samples, log-odds on all). A negative marginal marks a head that cancels its companions.")
+               if amplify else
+               ("Each head of the set blocked alone and the set blocked without it: change in conflict MFR; marginal: the whole "
+                "set minus the set without the head, paired per sample. Negative: blocking the head on top of the others "
+                "lowers following further (it carries following); near zero: its companions cover for it; positive: blocking "
+                "it gives following back (it works against them)."))
+    return ("<h3>Each head of the set: alone and left out</h3>"
+            + table(["head", f"{what}, alone", f"{what}, set without it", "marginal (following)", "marginal (log-odds)"], rows,
+                    caption=caption))
 
 
 def amplification_sentence(r: Mapping) -> str:
@@ -294,44 +326,23 @@ def controls_under_edits(study: Study) -> str:
 
 # --------------------------------------------------------------------------------------- findings
 def derived_findings(study: Study) -> list[tuple[str, str, dict]]:
-    """The study's head claims, read off the sweeps' own comparisons when those runs wrote no findings.json:
-    (e) blocking the top heads hurts more than random heads; (f) amplifying them recovers more."""
+    """The study's head claims, read off the sweeps' own comparisons when those runs wrote no findings.json
+    (runs made before ablate and amplify wrote one): (e) blocking the top heads hurts more than random
+    heads; (f) amplifying them recovers more."""
     out = []
     ab = study.get("ablate")
     if ab is not None and not ab.findings:
-        e = (ab.results.get("blocking") or {}).get(POOLED)
-        if e and e.get("separation"):
-            sep, top, rnd = e["separation"], e.get("top") or {}, e.get("random") or {}
-            out.append(("ablate", "e_blocking_beats_random", {
-                "claim": "blocking the top heads lowers following more than random heads of the same size",
-                "value": {"relative_mfr_drop": top.get("relative_mfr_drop"), "top_log_odds_change": top.get("log_odds_change"),
-                          "random_log_odds_change": _diff((rnd.get("log_odds") or {}).get("mean"), ((e.get("before") or {}).get("log_odds") or {}).get("mean"))},
-                "threshold": "top interval below random",
-                "holds": bool(sep.get("mfr", {}).get("separated") or sep.get("log_odds", {}).get("separated")),
-            }))
+        e = blocking_finding((ab.results.get("blocking") or {}).get(POOLED))
+        if e:
+            out.append(("ablate", "e_blocking_beats_random", e))
     am = study.get("amplify")
     if am is not None and not am.findings:
         amp = am.results.get("amplification") or {}
         at = next((e for e in amp.get("per_alpha") or [] if e["alpha"] == amp.get("best_alpha")), None)
-        pooled = (at or {}).get("settings", {}).get(POOLED)
-        rnd = ((amp.get("random_at_best_alpha") or {}).get(POOLED) or {}).get("recovery") or {}
-        if pooled:
-            rec = pooled["recovery"]
-            holds = None
-            if pooled["n_failed"] and finite(rec.get("ci_low")) and finite(rnd.get("ci_high")):
-                holds = rec["ci_low"] > rnd["ci_high"]
-            out.append(("amplify", "f_amplification_recovers", {
-                "claim": "amplifying the top heads recovers failed samples beyond random heads",
-                "value": {"recovery": rec.get("mean"), "random_recovery": rnd.get("mean"), "harm": pooled["harm"].get("mean")},
-                "threshold": "top interval above random",
-                "holds": holds,
-                **({"note": "no failed samples to recover"} if not pooled["n_failed"] else {}),
-            }))
+        f = recovery_finding((at or {}).get("settings", {}).get(POOLED), (amp.get("random_at_best_alpha") or {}).get(POOLED))
+        if f:
+            out.append(("amplify", "f_amplification_recovers", f))
     return out
-
-
-def _diff(a, b):
-    return a - b if finite(a) and finite(b) else None
 
 
 # ------------------------------------------------------------------------------------- comparison

@@ -11,10 +11,13 @@ amplification, controls. A section whose stage was not run says so and names the
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core import verdicts as V
+from ..core.verdicts import verdict_of
 from . import head_sections as hs
 from . import page_figures as pf
 from .page import (
@@ -57,6 +60,13 @@ def caption_for(stem: str, run: StageRun) -> str:
         return (f"Change in the log-odds of following the {SOURCE.get(setting, 'instructed source')} ({setting_words(setting)} "
                 f"prompts) when attention from one token group to another is blocked in {size} centred on each layer, "
                 "with 95% bootstrap bands; a dip below zero means the edge carries information the decision needs.")
+    m = re.fullmatch(r"cumulative_(from|until)_(.+)", stem)
+    if m:
+        span, setting = m.groups()
+        which = "in every layer from the one on the axis to the last" if span == "from" else "in every layer from the first up to the one on the axis"
+        return (f"Change in the log-odds of following the {SOURCE.get(setting, 'instructed source')} ({setting_words(setting)} "
+                f"prompts) when attention from one token group to another is blocked {which}, with 95% bootstrap bands: "
+                "a read spread thinly over many layers shows here even where no single window moves it.")
     m = re.fullmatch(r"lens_(.+)", stem)
     if m:
         return (f"Logit-lens log-odds of the following answer over the competitor, read after each layer at the last "
@@ -244,6 +254,24 @@ def knockout_table(results: Mapping) -> str:
                  caption="The strongest knockout effect of each edge (the window centre where |Δ log-odds| is largest).")
 
 
+def cumulative_table(results: Mapping) -> str:
+    """Per setting and edge: blocking it in every layer, and the window that moves it most, side by side,
+    so an edge read a little in many layers stands out."""
+    rows = []
+    for setting, edges in (results.get("cumulative") or {}).items():
+        for edge, spans in edges.items():
+            whole = next((p for p in spans.get("from", []) if p["layer"] == 0), None)
+            window = max((results.get("knockout") or {}).get(setting, {}).get(edge) or [], key=lambda q: abs(q["mean"]), default=None)
+            if whole is None:
+                continue
+            rows.append([human(setting), edge, Cell(esc(num(whole["mean"], 3, True)) + f" <span class='muted'>{esc(ci(whole['ci_low'], whole['ci_high'], 2))}</span>",
+                                                    whole["mean"], True),
+                         f"{num(whole['mfr_before'])} → {num(whole['mfr_after'])}",
+                         Cell(esc(num(window["mean"], 3, True)), window["mean"]) if window else "n/a"])
+    return table(["setting", "edge", "Δ log-odds, every layer blocked", "MFR", "strongest single window"], rows,
+                 caption="Each edge blocked in every layer at once, beside the strongest single window.")
+
+
 def plots_matching(run: StageRun, pattern: str) -> list[tuple[str, Path]]:
     rx = re.compile(pattern)
     return [(stem, p) for stem, p in run.plots.items() if rx.fullmatch(stem)]
@@ -267,6 +295,11 @@ def flow(study: Study, page: Page) -> str:
     figs = sorted(plots_matching(an, r"knockout_.+"), key=lambda x: setting_order(x[0]))
     out.append('<div class="figs">' + "".join(page.file_figure(p, caption_for(s, an)) for s, p in figs) + "</div>")
     out.append(knockout_table(r))
+    cumulative = sorted(plots_matching(an, r"cumulative_.+"), key=lambda x: setting_order(x[0]))
+    if cumulative:
+        out.append("<h3>Cumulative knockout</h3>")
+        out.append('<div class="figs">' + "".join(page.file_figure(p, caption_for(s, an)) for s, p in cumulative) + "</div>")
+        out.append(cumulative_table(r))
     lens = sorted(plots_matching(an, r"lens_.+"), key=lambda x: setting_order(x[0]))
     if lens:
         out.append("<h3>Logit lens</h3>")
@@ -301,11 +334,13 @@ def components(study: Study, page: Page) -> str:
 
 
 def finding_value(f: Mapping) -> str:
-    v = f.get("value")
+    v, (lo, hi) = f.get("value"), (f.get("interval") or [None, None])[:2]
+    interval = f" <span class='muted'>{esc(ci(lo, hi, 3))}</span>" if finite(lo) and finite(hi) else ""
     if isinstance(v, Mapping):
-        text = "<br>".join(f"{esc(k.replace('_difference', '').replace('_', ' '))}: {esc(num(x, 3, True))}" for k, x in v.items())
+        text = "<br>".join(f"{esc(k.replace('_difference', '').replace('_', ' '))}: {esc(num(x, 3, True))}"
+                           + (interval if k == f.get("interval_of") else "") for k, x in v.items())
     else:
-        text = esc(num(v, 3, True))
+        text = esc(num(v, 3, True)) + interval
     for m in f.get("measured") or []:
         if isinstance(m, Mapping) and "edge" in m:
             text += f"<br><span class='muted'>{esc(m['edge'])}: {esc(num(m.get('peak_delta_log_odds'), 3, True))} at layer {esc(m.get('peak_layer'))}</span>"
@@ -333,6 +368,10 @@ def all_findings(study: Study) -> list[tuple[str, str, Mapping]]:
     return out + hs.derived_findings(study)
 
 
+#: table sort order of the verdicts
+VERDICT_ORDER = {V.HOLDS: 3, V.UNDECIDED: 2, V.FAILS: 1, V.UNCHECKED: 0}
+
+
 def findings(study: Study) -> str:
     found = all_findings(study)
     if not found:
@@ -341,14 +380,17 @@ def findings(study: Study) -> str:
     for stage, key, f in found:
         label = f"({key[0]}) " if re.match(r"[a-z]_", key) else ""
         rows.append([Cell(esc(label + f["claim"]), key), Cell(finding_value(f), sort_value(f), True),
-                     f.get("threshold"), Cell(badge(f.get("holds")), {True: 1, False: 0}.get(f.get("holds"), -1)), stage])
-    n_hold = sum(f.get("holds") is True for _, _, f in found)
-    n_no = sum(f.get("holds") is False for _, _, f in found)
-    intro = f"<p>{n_hold} of {len(found)} claims of the reference study hold on this model, {n_no} do not"
-    intro += f", {len(found) - n_hold - n_no} cannot be checked on this run.</p>" if len(found) - n_hold - n_no else ".</p>"
-    notes = ('<p class="muted">Thresholds come from <code>analysis.findings</code>: a transfer peak must fall below the '
-             "negative threshold with its interval below zero; the direct image effect must stay within the threshold; "
-             "agreement must reach it.</p>")
+                     f.get("threshold"), Cell(badge(verdict_of(f)), VERDICT_ORDER[verdict_of(f)]), stage])
+    count = Counter(verdict_of(f) for _, _, f in found)
+    parts = [f"{count[v]} {phrase}" for v, phrase in ((V.FAILS, "do not"), (V.UNDECIDED, "are undecided (the interval straddles the threshold)"),
+                                                      (V.UNCHECKED, "cannot be checked on this run")) if count[v]]
+    intro = f"<p>{count[V.HOLDS]} of {len(found)} claims of the reference study hold on this model"
+    intro += (", " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "") + ".</p>"
+    notes = ('<p class="muted">A claim holds when the 95% bootstrap interval of its number lies wholly on the claim\'s side of the '
+             "threshold, does not hold when it lies wholly on the other side, and is undecided when it straddles it. "
+             "Thresholds come from <code>analysis.findings</code>: the deepest transfer window must fall below the negative "
+             "threshold; every direct image window (and the whole-depth block) must stay within it; agreement must exceed it. "
+             "Blocking and recovery compare the top heads' interval with the random sets'.</p>")
     return intro + table(["claim", "measured", "threshold", "verdict", "stage"], rows, caption="Each claim, the number that decides it, and whether it holds.") + notes
 
 
@@ -445,8 +487,7 @@ def validation(v: Mapping) -> str:
     n_planted = len(gt["transfer_heads"]) + len(gt["arbitration_heads"])
     out.append(table(["method", "AUROC", f"precision of the top {hd['n_top']}", f"recall of the top {n_planted}", "planted heads' ranks"],
                      rows, caption="Each ranking method against the planted heads."))
-    verdicts = ", ".join(f"({k[0]}) {'holds' if f['holds'] else 'does not hold' if f['holds'] is False else 'not checkable'}"
-                         for k, f in v["findings"].items())
+    verdicts = ", ".join(f"({k[0]}) {verdict_of(f)}" for k, f in v["findings"].items())
     out.append(f"<p>The study's findings on this model: {esc(verdicts)}.</p>")
     b = v["blocking"]
     pooled = b["mfr"].get("conflict")
@@ -526,7 +567,7 @@ def compare_findings(studies: Sequence[Study]) -> str:
         row = [Cell(esc(label + claim), key)]
         for s in studies:
             f = per[s.model].get(key)
-            row.append(Cell(f"{badge(f.get('holds'))}<br>{finding_value(f)}", sort_value(f), True) if f else Cell("not run", ""))
+            row.append(Cell(f"{badge(verdict_of(f))}<br>{finding_value(f)}", sort_value(f), True) if f else Cell("not run", ""))
         rows.append(row)
     return table(["claim"] + [s.model for s in studies], rows, caption="Each claim of the reference study, per model: verdict and the number that decides it.")
 

@@ -14,6 +14,7 @@ from mllm_arb.pipeline.heads.arms import (
     Arm,
     amplification_arms,
     baseline,
+    interaction_arms,
     blocking_arms,
     random_sets,
     run_arms,
@@ -25,7 +26,7 @@ from mllm_arb.core.paths import CHECKPOINT_DIR
 from mllm_arb.core.records import ConflictItem, Condition
 from mllm_arb.models.loading import load_adapter
 from mllm_arb.pipeline.heads.config import SweepConfig
-from mllm_arb.pipeline.heads.summaries import summarise_amplification, summarise_blocking, summarise_dose
+from mllm_arb.pipeline.heads.summaries import summarise_amplification, summarise_blocking, summarise_dose, summarise_interactions
 
 from ..conftest import conflict_items
 from ..conftest import invoke, only_run
@@ -108,6 +109,32 @@ def test_blocking_rows_and_summaries(swept):
     assert [p["k"] for p in dose[POOLED]] == [0.1, 0.5] and [p["n_heads"] for p in dose[POOLED]] == [1, 4]
 
 
+@pytest.mark.parametrize("scale", [0.0, 4.0])
+def test_each_head_alone_and_left_out(swept, scale):
+    """With two heads, "without one" is "the other alone"; the marginal effect is the whole set minus the set
+    without the head, sample by sample; a single head has no interactions."""
+    adapter, settings, controls, base, head_set = swept
+    pair = ((0, 0), (1, 2))
+    arms = [Arm("headline" if scale == 0 else "amplify", "top", pair, scale), *interaction_arms(pair, scale, limit=16)]
+    assert [(a.set, a.about, a.heads) for a in arms[1:]] == [("alone", (0, 0), ((0, 0),)), ("without", (0, 0), ((1, 2),)),
+                                                             ("alone", (1, 2), ((1, 2),)), ("without", (1, 2), ((0, 0),))]
+    assert interaction_arms(pair, scale, limit=1)[-1].about == (0, 0) and interaction_arms(pair[:1], scale, 16) == []
+    rows = run_arms(adapter, arms, settings, [], base, Removal("zero", "all"))
+    full = [r for r in rows if r["study"] != "interaction"]
+    out = summarise_interactions(rows, full, SETTINGS, amplify=scale != 0, n_boot=50)
+    assert list(out) == [POOLED, *SETTINGS]
+    first, second = out[POOLED]
+    assert first["head"] == [0, 0] and second["head"] == [1, 2]
+    assert first["without"] == second["alone"] and second["without"] == first["alone"]
+    by = lambda set_, about: {(r["condition"], r["item_id"]): r for r in rows if r["set"] == set_ and r.get("about") == about}  # noqa: E731
+    whole, without = by("top", None), by("without", "0.0")
+    diffs = [whole[k]["log_odds_after"] - without[k]["log_odds_after"] for k in whole]
+    assert first["marginal"]["log_odds"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert first["marginal"]["log_odds"]["n"] == 8
+    if scale:  # amplification: the marginal following counts failed samples only
+        assert first["marginal"]["mfr"]["n"] == sum(not r["follows_before"] for r in whole.values())
+
+
 def _sweep_cfg(**over):
     from omegaconf import OmegaConf
 
@@ -169,6 +196,10 @@ def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     assert eval_ids and not eval_ids & set(head_set.rank_items)  # effects only on the evaluation split
     assert (ablated / "plots" / "blocking.png").exists() and (ablated / "plots" / "dose_response.png").exists()
     assert "Blocking the top 2 heads" in result.output
+    assert [e["head"] for e in res["interactions"][POOLED]] == res["heads"]  # each head alone and left out
+    assert "alone and left out" in result.output
+    finding = json.loads((ablated / "findings.json").read_text())["e_blocking_beats_random"]
+    assert finding["verdict"] in ("holds", "does not hold", "undecided") and finding["interval_of"] == "top_mfr_change"
 
     result = invoke("amplify", "--heads", str(ranked / "heads.json"), *SMALL, f"output_dir={out}")
     assert result.exit_code == 0, result.output
@@ -177,6 +208,7 @@ def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     at_one = amp["per_alpha"][0]["settings"][POOLED]
     assert at_one["recovery"]["mean"] in (0.0, None) and at_one["harm"]["mean"] in (0.0, None)
     assert amp["random_at_best_alpha"][POOLED]["recovery"]["n_seeds"] in (0, 3)
+    assert "interactions" in amp  # one head: none to interact, an empty table
     assert (only_run(out, "amplify") / "plots" / "amplification.png").exists()
 
 

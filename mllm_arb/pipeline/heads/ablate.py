@@ -1,4 +1,5 @@
-"""`ablate`: block the top heads; MFR against random and lowest-ranked heads, controls, dose-response."""
+"""`ablate`: block the top heads; MFR against random and lowest-ranked heads, controls, dose-response, and
+each top head alone and left out of the set."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ...core.results import AblateResults
+from ...core.results import AblateResults, pooled_blocking
+from ...core.verdicts import blocking_finding
 from ...report.head_figures import draw_blocking_figures
 from ...runtime.ranks import session
 from ...runtime.stage import StageResult
-from .arms import blocking_arms
+from .arms import blocking_arms, interaction_arms
 from .methods import prepare
 from .stage import arm_major, arm_units, heads_for, open_stage, setup
-from .summaries import summarise_blocking, summarise_dose
+from .summaries import summarise_blocking, summarise_dose, summarise_interactions
 
 
 def ablate_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
@@ -28,7 +30,7 @@ def ablate_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             with stage.run.timed("rank"):
                 head_set = heads_for(stage, study, rank_preps, removal)
             n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
-            arms = blocking_arms(head_set, n, sweep, cfg.seed)
+            arms = blocking_arms(head_set, n, sweep, cfg.seed) + interaction_arms(head_set.top(n), 0.0, sweep.interactions)
             with stage.run.timed("sweep"):
                 saved = arm_units(stage, study, "ablate", eval_preps, arms, removal, f"blocking ({len(arms)} head sets)")
         if not stage.main:
@@ -39,5 +41,10 @@ def ablate_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             **study.common(head_set, removal, n),
             "blocking": summarise_blocking(rows, *names, n_boot=cfg.scoring.n_boot, seed=cfg.seed),
             "dose": summarise_dose(rows, names[0], n_boot=cfg.scoring.n_boot, seed=cfg.seed),
+            "interactions": summarise_interactions(rows, [r for r in rows if r["study"] == "headline" and r["set"] == "top"], names[0],
+                                                   amplify=False, n_boot=cfg.scoring.n_boot, seed=cfg.seed),
         }
-        return stage.finish(results, study.title, tables={"samples.parquet": rows}, figures=draw_blocking_figures)
+        finding = blocking_finding(pooled_blocking(results))
+        findings = {"e_blocking_beats_random": finding} if finding else {}
+        return stage.finish(results, study.title, tables={"samples.parquet": rows}, figures=draw_blocking_figures,
+                            json_files={"findings.json": findings}, findings=findings)

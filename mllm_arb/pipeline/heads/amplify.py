@@ -6,20 +6,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ...core.results import AmplifyResults
+from ...core.names import POOLED
+from ...core.results import AmplifyResults, at_best_alpha
+from ...core.verdicts import recovery_finding
 from ...report.head_figures import draw_amplification_figures
 from ...runtime.ranks import session
 from ...runtime.stage import StageResult
-from .arms import amplification_arms, random_amplification_arms, split_preps
+from .arms import amplification_arms, interaction_arms, random_amplification_arms, split_preps
 from .methods import Removal, prepare
 from .stage import arm_major, arm_units, heads_for, open_stage, setup
-from .summaries import summarise_amplification, summarise_random_amplification
+from .summaries import summarise_amplification, summarise_interactions, summarise_random_amplification
 
 
 def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
     """Two sweeps, each batch by batch: the top heads at every α (`partial/amplify/`), then, at the best
-    α (from every batch of the first), random head sets on the settings batches (`partial/amplify_random/`,
-    reusing the first sweep's baselines)."""
+    α (from every batch of the first), random head sets and each top head alone and left out of the set, on
+    the settings batches (`partial/amplify_random/`, reusing the first sweep's baselines)."""
     with session() as ranks:
         study = setup(cfg, ranks)
         sweep, adapter = study.sweep, study.adapter
@@ -40,13 +42,20 @@ def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
                 rows = arm_major(saved, eval_preps, sweep.settings)
                 amp = summarise_amplification(rows, *names, **boot)  # on every rank: the best α picks the next sweep
                 rand_arms = random_amplification_arms(head_set, n, amp["best_alpha"], sweep.n_random, cfg.seed)
+                rand_arms += interaction_arms(head_set.top(n), amp["best_alpha"], sweep.interactions)
                 where = {id(p): i for i, p in enumerate(eval_preps)}
                 bases = [saved[where[id(p)]]["base"] for p in settings]
                 rand = arm_units(stage, study, "amplify_random", settings, rand_arms, removal,
-                                 f"random heads at α = {amp['best_alpha']}", base_of=lambda i: bases[i])
+                                 f"random heads and each top head alone / left out at α = {amp['best_alpha']}", base_of=lambda i: bases[i])
         if not stage.main:
             return stage.result()
         rows += arm_major(rand, settings, sweep.settings)
         amp["random_at_best_alpha"] = summarise_random_amplification(rows, names[0], **boot)
+        best = [r for r in rows if r["study"] == "amplify" and r["set"] == "top" and r["scale"] == amp["best_alpha"]]
+        amp["interactions"] = summarise_interactions(rows, best, names[0], amplify=True, **boot)
         results: AmplifyResults = {**study.common(head_set, removal, n), "amplification": amp}
-        return stage.finish(results, study.title, tables={"samples.parquet": rows}, figures=draw_amplification_figures)
+        at = at_best_alpha(results)
+        finding = recovery_finding(at["settings"][POOLED] if at else None, amp["random_at_best_alpha"].get(POOLED))
+        findings = {"f_amplification_recovers": finding} if finding else {}
+        return stage.finish(results, study.title, tables={"samples.parquet": rows}, figures=draw_amplification_figures,
+                            json_files={"findings.json": findings}, findings=findings)

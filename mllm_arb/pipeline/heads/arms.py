@@ -73,17 +73,19 @@ def random_sets(n_layers: int, n_heads: int, n: int, n_seeds: int, seed: int) ->
 class Arm:
     """One head set under one scale, on the settings (and the controls, when `controls`)."""
 
-    study: str  # headline | dose | amplify
-    set: str  # top | bottom | random
+    study: str  # headline | dose | amplify | interaction
+    set: str  # top | bottom | random; interaction: alone | without
     heads: tuple[Head, ...]
     scale: float  # 0: block; α: amplify
     k: float | None = None  # the fraction of heads it was chosen as
     seed: int | None = None
     controls: bool = False
+    about: Head | None = None  # interaction arms: the head edited alone, or left out of the set
 
     def tag(self) -> dict:
         return {"study": self.study, "set": self.set, "k": self.k, "n_heads": len(self.heads), "seed": self.seed,
-                "scale": self.scale, "heads": ";".join(f"{l}.{h}" for l, h in self.heads)}
+                "scale": self.scale, "heads": ";".join(f"{l}.{h}" for l, h in self.heads),
+                "about": None if self.about is None else f"{self.about[0]}.{self.about[1]}"}
 
 
 def split_preps(preps: Sequence[Prepared], settings: Sequence[Condition]) -> tuple[list[Prepared], list[Prepared]]:
@@ -195,6 +197,19 @@ def blocking_arms(head_set: HeadSet, n: int, cfg: SweepConfig, seed: int, with_d
                 arms += [Arm("dose", "random", hs, 0.0, k, seed=s)
                          for s, hs in enumerate(random_sets(head_set.n_layers, head_set.n_heads, n_k, cfg.n_random_dose, seed))]
     return arms
+
+
+def interaction_arms(heads: Sequence[Head], scale: float, limit: int) -> list[Arm]:
+    """Per head of the set (its first `limit` heads): the head edited alone, and the set without it, so a
+    head whose companions cancel it (or who carries the set alone) shows. None for a single head."""
+    heads = tuple(heads)
+    if len(heads) < 2:
+        return []
+    out = []
+    for h in heads[:limit]:
+        out.append(Arm("interaction", "alone", (h,), float(scale), about=h))
+        out.append(Arm("interaction", "without", tuple(x for x in heads if x != h), float(scale), about=h))
+    return out
 
 
 def amplification_arms(heads: Sequence[Head], alphas: Sequence[float]) -> list[Arm]:

@@ -34,6 +34,7 @@ class SweepConfig:
     alphas: tuple[float, ...]
     heads_file: str | None
     allow_other_model: bool
+    interactions: int = 16
 
     @classmethod
     def from_cfg(cls, sweep: DictConfig) -> SweepConfig:
@@ -66,6 +67,9 @@ class SweepConfig:
             raise UserError("sweep.n_random and sweep.n_random_dose need at least 2 seeds for an interval")
         if s["ablation"] not in ABLATION_MODES:
             raise UserError(f"sweep.ablation={s['ablation']!r}: choose {' or '.join(ABLATION_MODES)}")
+        interactions = s.get("interactions", 16)
+        if isinstance(interactions, bool) or not isinstance(interactions, int) or interactions < 0:
+            raise UserError(f"sweep.interactions={interactions!r} must be a whole number of heads >= 0 (0: off)")
         if s["positions"] not in POSITIONS:
             raise UserError(f"sweep.positions={s['positions']!r}: choose from {', '.join(POSITIONS)}")
         return cls(
@@ -74,6 +78,7 @@ class SweepConfig:
             top_k=top_k, top_n=top_n, ks=ks, n_random=int(s["n_random"]), n_random_dose=int(s["n_random_dose"]),
             ablation=s["ablation"], positions=s["positions"], alphas=alphas,
             heads_file=s.get("heads_file") or None, allow_other_model=bool(s["allow_other_model"]),
+            interactions=interactions,
         )
 
     def n_selected(self, total: int) -> int:

@@ -191,3 +191,41 @@ def summarise_random_amplification(rows: Sequence[dict], settings: Sequence[str]
             "harm": over_seeds(harm, n_boot, seed),
         }
     return out
+
+
+def summarise_interactions(rows: Sequence[dict], full: Sequence[dict], settings: Sequence[str], amplify: bool,
+                           n_boot: int = 1000, seed: int = 0) -> dict[str, list[dict]]:
+    """{condition: [per head of the set: the effect of that head alone, of the set without it, and its
+    marginal effect (the whole set minus the set without it, paired per sample)]}.
+
+    `rows` are the interaction arms' rows, `full` the whole set's rows under the same scale. Blocking
+    reports levels and changes (`_after`); amplification recovery and harm (`_recovery_harm`), with the
+    marginal change in following counted on the failed samples only."""
+    inter = [r for r in rows if r["study"] == "interaction"]
+    measure = (lambda rs: _recovery_harm(rs, n_boot, seed)) if amplify else (lambda rs: _after(rs, n_boot, seed))
+    out: dict[str, list[dict]] = {}
+    for cond in (POOLED, *settings):
+        rs = _of(inter, cond, settings)
+        whole = {(r["condition"], r["item_id"]): r for r in _of(full, cond, settings)}
+        per_head: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        for r in rs:
+            per_head[r["about"]][r["set"]].append(r)
+        entries = []
+        for about, sets in per_head.items():
+            without = sets.get("without", [])
+            pairs = [(whole[(r["condition"], r["item_id"])], r) for r in without if (r["condition"], r["item_id"]) in whole]
+            if amplify:
+                pairs_mfr = [(a, b) for a, b in pairs if not a["follows_before"]]
+            else:
+                pairs_mfr = pairs
+            layer, head = (int(x) for x in about.split("."))
+            entries.append({
+                "head": [layer, head],
+                "alone": measure(sets.get("alone", [])),
+                "without": measure(without),
+                "marginal": {"mfr": mean_interval([float(a["follows_after"]) - float(b["follows_after"]) for a, b in pairs_mfr], n_boot, seed),
+                             "log_odds": mean_interval([a["log_odds_after"] - b["log_odds_after"] for a, b in pairs], n_boot, seed)},
+            })
+        if entries:
+            out[cond] = entries
+    return out
