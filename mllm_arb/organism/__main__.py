@@ -16,6 +16,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning threads crawl on shared cores
 
 
+#: the organisms the package ships; other configs (the seed replicates) train into their output_dir only
+SHIPPED = ("default", "anchor")
+
+
 def organism_config(name: str = "default", overrides: list[str] | None = None):
     """The training config of organism `name` (`conf/organism/NAME.yaml`: the planted organism's file puts
     its keys on top of default.yaml), then the overrides. Every file starts from `train_schema`, the typed
@@ -37,10 +41,14 @@ def organism_config(name: str = "default", overrides: list[str] | None = None):
 
 def train_and_ship(name: str, cfg, ship: bool) -> Path:
     """Train organism `name` with its composed config; with `ship`, into the package, then its card."""
+    from ..core.errors import UserError
     from ..core.paths import ANCHOR_DIR, CHECKPOINT_DIR
     from .train import train
 
     planted = name.startswith("anchor")
+    if ship and name not in SHIPPED:
+        raise UserError(f"--ship trains into the package, which ships only {' and '.join(SHIPPED)}; "
+                        f"train {name!r} without --ship (into output_dir={cfg.output_dir})")
     if ship:
         cfg.output_dir, cfg.overwrite = str(ANCHOR_DIR if planted else CHECKPOINT_DIR), True
     path = train(cfg)

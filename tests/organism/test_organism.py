@@ -285,3 +285,7 @@ def test_organism_configs_are_typed_by_the_train_config():
     assert result.exit_code == 2 and "steps" in result.output
     result = CliRunner().invoke(app, ["organism", "train", "--config", "nope"])
     assert result.exit_code == 2 and "no organism config 'nope'" in result.output
+    seed = organism_config("seed2")  # a replicate: the default recipe from another seed, never shipped
+    assert (seed.seed, seed.data_seed, seed.steps) == (2, 2, organism_config("default").steps)
+    result = CliRunner().invoke(app, ["organism", "train", "--config", "seed2", "--ship"])
+    assert result.exit_code == 2 and "ships only default and anchor" in result.output
