@@ -29,6 +29,38 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
 )
 TINY_PREFIX = "tiny:"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+#: attention implementations the knockout and head hooks go through (transformers' attention interface)
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, before any weights load."""
+    if device in ("cpu", "auto"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"model.device={device!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"model.device={device}: this machine has no CUDA GPU that torch can use; set model.device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"model.device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"model.device={device}: MPS is not available here; set model.device=cpu")
+    elif dev.type not in ("cuda", "mps"):
+        raise UserError(f"model.device={device!r}: use cpu, cuda, cuda:N, mps or auto")
+
+
+def check_loading_info(source: str, info: dict) -> None:
+    """Refuse a checkpoint whose weights do not match its class: transformers would initialise a missing
+    tensor at random (and only warn), and every number computed afterwards would be meaningless."""
+    for key, what in (("missing_keys", "lacks"), ("unexpected_keys", "has unexpected"), ("mismatched_keys", "has wrongly shaped")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise UserError(f"model {source!r} {what} weights: {', '.join(names[:3])}{more}; the checkpoint is damaged or "
+                            "does not match its config.json")
 
 
 def adapter_for(model_type: str) -> type[ModelAdapter]:
@@ -95,26 +127,51 @@ def load_adapter(
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {source!r}: not a local directory and not in the Hugging Face cache ({_first_line(exc)})") from exc
+    except Exception as exc:  # huggingface_hub's strict config validation has its own error types
+        if not type(exc).__name__.startswith("StrictDataclass"):
+            raise
+        raise UserError(f"model {source!r} has an impossible config.json: {_last_line(exc)}") from exc
     adapter_cls = adapter_for(config.model_type)
     if family and family != adapter_cls.family:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
     if device == "auto" and importlib.util.find_spec("accelerate") is None:
         raise UserError("model.device=auto (device_map='auto') needs accelerate: pip install 'mllm-arb[multi-gpu]', or set model.device=cuda")
+    check_device(device)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if attn_implementation not in ATTENTION:
+        raise UserError(f"model.attn_implementation={attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
     if device == "auto":
         kwargs["device_map"] = "auto"  # needs accelerate; spreads a large model over the GPUs
-    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    try:
+        model, info = AutoModelForImageTextToText.from_pretrained(source, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, ImportError) as exc:
+        # a truncated or empty shard, a config the class cannot build, an implementation not installed
+        raise UserError(f"cannot load the weights of model {source!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # safetensors' own error type is not an OSError
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"cannot read the weights of model {source!r} (damaged or truncated safetensors file): {_first_line(exc)}") from exc
+    check_loading_info(source, info)
     if device not in ("auto", "cpu"):
         model = model.to(device)
     model.eval()
-    processor = load_processor(source)
+    try:
+        processor = load_processor(source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot load the tokenizer or processor of model {source!r}: {_first_line(exc)}") from exc
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return adapter_cls(model, processor, name=name or Path(str(path or "organism")).name)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The cause of a wrapped error (its message's last line)."""
+    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:

@@ -130,7 +130,7 @@ def knockout_rows(
                         "log_odds_after": float(log_odds[i]),
                         "delta": float(log_odds[i] - base[i]),
                         "follows_before": bool(base[i] > 0),
-                        "follows_after": bool(torch.sigmoid(log_odds[i]) > 0.5),
+                        "follows_after": bool(log_odds[i] > 0),  # one rule everywhere: follows when log-odds > 0
                     }
                 )
     return rows
