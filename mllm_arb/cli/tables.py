@@ -112,7 +112,21 @@ def print_amplification(console, results: dict, title: str) -> None:
     console.print(table)
     console.print(f"Settings pooled; recovery: failed samples that now follow; harm: following samples that flip; "
                   f"* best α (recovery − harm); last row: {rnd['recovery']['n_seeds'] if rnd else 0} random sets of {n} heads at the best α.")
-    print_interactions(console, amp.get("interactions", {}).get(POOLED), amplify=True, alpha=amp["best_alpha"])
+    for alpha in interaction_alphas(amp):
+        entry = next(e for e in amp["per_alpha"] if e["alpha"] == alpha)
+        print_interactions(console, entry["interactions"].get(POOLED), amplify=True, alpha=alpha)
+
+
+def interaction_alphas(amp: dict) -> list[float]:
+    """The α values whose per-head table is worth printing: the best α, and the α at which one head alone
+    recovers the most failed samples (where a companion's cancelling shows), if that differs."""
+    with_heads = [e for e in amp["per_alpha"] if e.get("interactions", {}).get(POOLED)]
+    if not with_heads:
+        return []
+    def best_alone(e):
+        return max((h["alone"]["recovery"]["mean"] or 0.0) for h in e["interactions"][POOLED])
+    strongest = max(with_heads, key=lambda e: (best_alone(e), -e["alpha"]))["alpha"]
+    return list(dict.fromkeys(a for a in (amp["best_alpha"], strongest) if any(e["alpha"] == a for e in with_heads)))
 
 
 #: how each verdict shows on the console (core/verdicts.py)

@@ -308,13 +308,13 @@ class AlphaPoint(TypedDict):
     alpha: float
     settings: dict[str, RecoveryHarm]  # POOLED and each setting
     controls: dict[str, dict[str, Any]]
+    interactions: NotRequired[dict[str, list[Interaction]]]  # POOLED, each setting (sweep.interactions > 0, 2+ heads)
 
 
 class Amplification(TypedDict):
     per_alpha: list[AlphaPoint]
     best_alpha: float | None
     random_at_best_alpha: NotRequired[dict[str, dict[str, Any]]]
-    interactions: NotRequired[dict[str, list[Interaction]]]  # at the best α
 
 
 class AmplifyResults(HeadsEdited):

@@ -228,27 +228,31 @@ def amplification(study: Study, page: Page, fallback) -> str:
     if rows:
         out.append(table(["α", "condition", "failed", "recovery", "following", "harm", "MFR after", "Δ log-odds (failed)"], rows,
                          caption="Per α and condition, with 95% intervals (random sets: mean and spread over sets)."))
-    out.append(interactions_table(amp.get("interactions") or {}, amplify=True, alpha=best))
+    out.append(interactions_table({e["alpha"]: e["interactions"] for e in amp.get("per_alpha") or [] if e.get("interactions")},
+                                  amplify=True))
     return "".join(out)
 
 
-def interactions_table(interactions: Mapping, amplify: bool, alpha: Any = None) -> str:
+def interactions_table(interactions: Mapping, amplify: bool) -> str:
     """Per head of the set (settings pooled): its effect alone, the set's without it, and its marginal
-    effect, so a head that carries the set, or a companion that cancels it, is visible."""
-    entries = interactions.get(POOLED) or []
-    if not entries:
-        return ""
+    effect, so a head that carries the set, or a companion that cancels it, is visible. Blocking: one
+    {condition: [heads]} mapping; amplification: {α: {condition: [heads]}}."""
+    per_alpha = interactions if amplify else {None: interactions}
     rows = []
-    for e in entries:
-        name = f"L{e['head'][0]}H{e['head'][1]}"
-        if amplify:
-            rows.append([Cell(esc(name), name), interval(e["alone"].get("recovery")), interval(e["without"].get("recovery")),
-                         interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
-        else:
-            rows.append([Cell(esc(name), name), interval(e["alone"]["change"]["mfr"]), interval(e["without"]["change"]["mfr"]),
-                         interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
+    for alpha, by_cond in per_alpha.items():
+        for e in by_cond.get(POOLED) or []:
+            name = f"L{e['head'][0]}H{e['head'][1]}"
+            first = [Cell(esc(name), name)] + ([Cell(esc(f"{alpha:g}"), alpha, True)] if amplify else [])
+            if amplify:
+                rows.append(first + [interval(e["alone"].get("recovery")), interval(e["without"].get("recovery")),
+                                     interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
+            else:
+                rows.append(first + [interval(e["alone"]["change"]["mfr"]), interval(e["without"]["change"]["mfr"]),
+                                     interval(e["marginal"]["mfr"]), interval(e["marginal"]["log_odds"])])
+    if not rows:
+        return ""
     what = "recovery" if amplify else "MFR change"
-    caption = ((f"Each head of the set amplified alone and the set amplified without it, at α = {alpha:g}: recovery of failed "
+    caption = (("Each head of the set amplified alone and the set amplified without it, at every α: recovery of failed "
                 "conflict samples; marginal: the whole set minus the set without the head, paired per sample (following on "
                 "failed samples, log-odds on all). A negative marginal marks a head that cancels its companions.")
                if amplify else
@@ -256,9 +260,9 @@ def interactions_table(interactions: Mapping, amplify: bool, alpha: Any = None) 
                 "set minus the set without the head, paired per sample. Negative: blocking the head on top of the others "
                 "lowers following further (it carries following); near zero: its companions cover for it; positive: blocking "
                 "it gives following back (it works against them)."))
-    return ("<h3>Each head of the set: alone and left out</h3>"
-            + table(["head", f"{what}, alone", f"{what}, set without it", "marginal (following)", "marginal (log-odds)"], rows,
-                    caption=caption))
+    headers = ["head"] + (["α"] if amplify else []) + [f"{what}, alone", f"{what}, set without it", "marginal (following)",
+                                                       "marginal (log-odds)"]
+    return "<h3>Each head of the set: alone and left out</h3>" + table(headers, rows, caption=caption)
 
 
 def amplification_sentence(r: Mapping) -> str:

@@ -131,8 +131,10 @@ def test_each_head_alone_and_left_out(swept, scale):
     diffs = [whole[k]["log_odds_after"] - without[k]["log_odds_after"] for k in whole]
     assert first["marginal"]["log_odds"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
     assert first["marginal"]["log_odds"]["n"] == 8
-    if scale:  # amplification: the marginal following counts failed samples only
+    if scale:  # amplification: the marginal following counts failed samples only; summarised per α
         assert first["marginal"]["mfr"]["n"] == sum(not r["follows_before"] for r in whole.values())
+        (at,) = summarise_amplification(rows, SETTINGS, [], n_boot=50)["per_alpha"]
+        assert at["alpha"] == scale and at["interactions"] == out
 
 
 def _sweep_cfg(**over):
@@ -208,7 +210,7 @@ def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     at_one = amp["per_alpha"][0]["settings"][POOLED]
     assert at_one["recovery"]["mean"] in (0.0, None) and at_one["harm"]["mean"] in (0.0, None)
     assert amp["random_at_best_alpha"][POOLED]["recovery"]["n_seeds"] in (0, 3)
-    assert "interactions" in amp  # one head: none to interact, an empty table
+    assert all("interactions" not in e for e in amp["per_alpha"])  # one head: nothing to interact with
     assert (only_run(out, "amplify") / "plots" / "amplification.png").exists()
 
 

@@ -15,13 +15,14 @@ from ...runtime.stage import StageResult
 from .arms import amplification_arms, interaction_arms, random_amplification_arms, split_preps
 from .methods import Removal, prepare
 from .stage import arm_major, arm_units, heads_for, open_stage, setup
-from .summaries import summarise_amplification, summarise_interactions, summarise_random_amplification
+from .summaries import summarise_amplification, summarise_random_amplification
 
 
 def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
-    """Two sweeps, each batch by batch: the top heads at every α (`partial/amplify/`), then, at the best
-    α (from every batch of the first), random head sets and each top head alone and left out of the set, on
-    the settings batches (`partial/amplify_random/`, reusing the first sweep's baselines)."""
+    """Two sweeps, each batch by batch: the top heads at every α, and (on the settings batches) each top
+    head alone and the set without it at every α (`partial/amplify/`); then, at the best α (from every
+    batch of the first), random head sets on the settings batches (`partial/amplify_random/`, reusing
+    the first sweep's baselines)."""
     with session() as ranks:
         study = setup(cfg, ranks)
         sweep, adapter = study.sweep, study.adapter
@@ -36,23 +37,21 @@ def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             removal = Removal("zero", sweep.positions)  # amplification only scales: this says where
             n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
             arms = amplification_arms(head_set.top(n), sweep.alphas)
+            arms += [arm for alpha in sweep.alphas for arm in interaction_arms(head_set.top(n), alpha, sweep.interactions)]
             with stage.run.timed("sweep"):
                 saved = arm_units(stage, study, "amplify", eval_preps, arms, removal,
                                   f"amplifying (α = {', '.join(map(str, sweep.alphas))})", everyone=True)
                 rows = arm_major(saved, eval_preps, sweep.settings)
                 amp = summarise_amplification(rows, *names, **boot)  # on every rank: the best α picks the next sweep
                 rand_arms = random_amplification_arms(head_set, n, amp["best_alpha"], sweep.n_random, cfg.seed)
-                rand_arms += interaction_arms(head_set.top(n), amp["best_alpha"], sweep.interactions)
                 where = {id(p): i for i, p in enumerate(eval_preps)}
                 bases = [saved[where[id(p)]]["base"] for p in settings]
                 rand = arm_units(stage, study, "amplify_random", settings, rand_arms, removal,
-                                 f"random heads and each top head alone / left out at α = {amp['best_alpha']}", base_of=lambda i: bases[i])
+                                 f"random heads at α = {amp['best_alpha']}", base_of=lambda i: bases[i])
         if not stage.main:
             return stage.result()
         rows += arm_major(rand, settings, sweep.settings)
         amp["random_at_best_alpha"] = summarise_random_amplification(rows, names[0], **boot)
-        best = [r for r in rows if r["study"] == "amplify" and r["set"] == "top" and r["scale"] == amp["best_alpha"]]
-        amp["interactions"] = summarise_interactions(rows, best, names[0], amplify=True, **boot)
         results: AmplifyResults = {**study.common(head_set, removal, n), "amplification": amp}
         at = at_best_alpha(results)
         finding = recovery_finding(at["settings"][POOLED] if at else None, amp["random_at_best_alpha"].get(POOLED))

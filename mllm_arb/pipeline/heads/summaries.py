@@ -142,12 +142,16 @@ def _recovery_harm(rows: Sequence[dict], n_boot: int, seed: int) -> dict:
 def summarise_amplification(rows: Sequence[dict], settings: Sequence[str], controls: Sequence[str], n_boot: int = 1000,
                             seed: int = 0) -> Amplification:
     """Per α: recovery (share of failed samples that now follow), harm (share of following samples
-    that flip), per setting and pooled, and control accuracy before and after."""
+    that flip), per setting and pooled, control accuracy before and after, and, where the sweep ran
+    them, each head alone and the set without it (`summarise_interactions`)."""
     top = [r for r in rows if r["study"] == "amplify" and r["set"] == "top"]
     per_alpha = []
     for alpha in sorted({r["scale"] for r in top}):
         at = [r for r in top if r["scale"] == alpha]
         entry = {"alpha": alpha, "settings": {}, "controls": {}}
+        inter = [r for r in rows if r["study"] == "interaction" and r["scale"] == alpha]
+        if inter:
+            entry["interactions"] = summarise_interactions(inter, at, settings, amplify=True, n_boot=n_boot, seed=seed)
         for cond in (POOLED, *settings):
             entry["settings"][cond] = _recovery_harm(_of(at, cond, settings), n_boot, seed)
         for cond in controls:
