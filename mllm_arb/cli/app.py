@@ -22,6 +22,7 @@ from ..core.names import SHARDABLE
 from ..core.paths import conf_dir
 from ..runtime.config import configure, resolved
 from ..runtime.progress import console_width
+from ..runtime.runs import OPENED, unlock_run
 from .tables import console, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -43,10 +44,21 @@ def user_errors():
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    OPENED.clear()
     try:
         yield
     except UserError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        resume_hint()
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]", highlight=False)
+        resume_hint()
+        raise typer.Exit(130) from None
+    except OSError as exc:  # a full disk, a folder that is a file or read-only: the system's reason and where
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {exc.strerror or type(exc).__name__}{where}", highlight=False, soft_wrap=True)
+        resume_hint()
         raise typer.Exit(2) from None
     except OverrideParseException as exc:
         err_console.print(
@@ -60,6 +72,18 @@ def user_errors():
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         err_console.print(f"[bold red]config error:[/] {msg}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    finally:
+        unlock_run()  # the command is over: its folders are free for a --resume from another process
+
+
+def resume_hint() -> None:
+    """After a failure, name the unfinished stage run and the command that continues it (nothing is lost:
+    every finished batch is saved)."""
+    unfinished = [(command, path) for command, path in OPENED if not (path / "results.json").exists()]
+    if unfinished:
+        command, path = unfinished[-1]
+        err_console.print(f"the run folder {path} keeps every finished batch; continue it with: mllm-arb {command} --resume {path}",
+                          highlight=False, soft_wrap=True)
 
 
 def config_or_print(command: str, overrides: list[str] | None, print_cfg: bool, resume: Path | None = None) -> DictConfig | None:

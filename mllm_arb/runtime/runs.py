@@ -19,7 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..core.files import atomic_write_bytes, to_jsonable
+from ..core.errors import UserError
+from ..core.files import atomic_write_bytes, file_mode, to_jsonable
 
 #: what write_manifest computes itself (everything else in a manifest came from `extra`)
 MANIFEST_KEYS = ("command", "created", "git_sha", "config_hash", "seed", "versions", "python", "host", "device", "cuda", "timings_s")
@@ -52,6 +53,49 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+#: the resumable stage runs this process opened for writing, in order, as (command, folder): what an
+#: interrupted command names for `--resume` (the CLI clears it when a command starts)
+OPENED: list[tuple[str, Path]] = []
+#: the run folders this process holds locked (open lock files), by folder
+_LOCKS: dict[Path, Any] = {}
+LOCK_NAME = ".lock"
+
+
+def lock_run(path: Path) -> None:
+    """Hold `path` for this process: a second process on the same run folder (two `--resume`s, a resume
+    while the run still runs) is refused at once instead of computing every batch twice. The lock is an
+    advisory `flock` on `.lock`; the kernel drops it when the process ends, however it ends."""
+    path = Path(path).resolve()
+    if path in _LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform: no lock
+        return
+    fh = open(path / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise UserError(f"run folder {path} is in use by another mllm-arb process (pid {holder}); wait for it to end "
+                        "or stop it, then resume") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _LOCKS[path] = fh
+
+
+def unlock_run(path: Path | None = None) -> None:
+    """Release one run folder (None: every folder this process holds)."""
+    for p in [Path(path).resolve()] if path is not None else list(_LOCKS):
+        fh = _LOCKS.pop(p, None)
+        if fh is not None:
+            fh.close()  # closing the descriptor drops the flock
 
 
 class RunDir:
@@ -118,6 +162,7 @@ class RunDir:
         target = self.file(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, file_mode())
         os.close(fd)
         try:
             pq.write_table(pa.Table.from_pylist(rows), tmp)

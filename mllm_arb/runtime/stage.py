@@ -22,7 +22,7 @@ from ..core.errors import UserError
 from .progress import Progress, bars
 from .ranks import Ranks
 from .resume import saved_units
-from .runs import RunDir
+from .runs import OPENED, RunDir, lock_run, unlock_run
 from .units import UnitStore, drop_interrupted_writes, load_units, run_units, stage_store
 
 
@@ -54,7 +54,9 @@ def start_run(cfg: DictConfig, command: str, resume: Path | None, ranks: Ranks, 
             manifest["model_fingerprint"] = weights_fingerprint(cfg.model.path)
         if resume is None:
             run = RunDir.create(cfg.output_dir, command, cfg.model.name, cfg)
+            lock_run(run.path)
         else:
+            lock_run(Path(resume))  # before anything is read: another process may be writing it
             run = RunDir.open(resume, cfg)
             saved_fp = run.extra.get("dataset_fingerprint")
             if saved_fp is not None and saved_fp != fingerprint:
@@ -69,6 +71,7 @@ def start_run(cfg: DictConfig, command: str, resume: Path | None, ranks: Ranks, 
             history.append({"at": datetime.now().isoformat(timespec="seconds"), "saved_batches": saved_units(run.path)})
             run.write_manifest(resumes=history)
         run.write_manifest(dataset_fingerprint=fingerprint, world_size=ranks.world, **manifest)
+        OPENED.append((command, run.path))
         return str(run.path), saved_units(run.path)
 
     path, saved = ranks.share(make)
@@ -162,6 +165,7 @@ class Stage:
             with self.run.timed("plots"):
                 figures(results, self.run.file("plots"), title)
         self.run.write_json("results.json", results)
+        unlock_run(self.run.path)  # complete: nothing left to resume
         return StageResult(self.command, self.run.path, results, title, dict(files or {}), extra=extra)
 
     def result(self) -> StageResult:

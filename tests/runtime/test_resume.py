@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mllm_arb.runtime.config import compose
-from mllm_arb.runtime.runs import RunDir
+from mllm_arb.runtime.runs import LOCK_NAME, RunDir
 
 from ..conftest import invoke, only_run
 from ..conftest import one_thread_invoke, torchrun, unit_ranks
@@ -41,7 +41,9 @@ def run_and_kill(args, out, stage, at_least):
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of a run folder, but the lock, which each attempt to open the folder takes anew."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 # a blocking sweep small enough for a test: 2 random sets, one dose point, one control

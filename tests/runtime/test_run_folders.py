@@ -1,0 +1,90 @@
+"""Run folders: one process at a time, files readable as the umask says, and an interrupted command
+names the folder and the command that continues it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from mllm_arb.core.errors import UserError
+from mllm_arb.core.files import atomic_write_bytes
+from mllm_arb.runtime.runs import lock_run, unlock_run
+
+from ..conftest import invoke, only_run
+
+
+def test_files_follow_the_umask(tmp_path):
+    from mllm_arb.runtime.runs import RunDir
+    from mllm_arb.runtime.config import resolved
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        run = RunDir.create(tmp_path / "out", "evaluate", "m", resolved([]))
+        run.write_table("t.parquet", [{"x": 1}])
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.json", b"{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o644
+    assert mode(run.path / "t.parquet") == mode(run.path / "manifest.json") == 0o644
+    assert mode(tmp_path / "private.json") == 0o600
+
+
+LOCK = "import sys\nfrom mllm_arb.runtime.runs import lock_run\ntry:\n    lock_run(sys.argv[1])\nexcept Exception as e:\n    print(e)\n    sys.exit(3)\n"
+
+
+def test_a_second_process_on_a_run_folder_is_refused(tmp_path):
+    lock_run(tmp_path)
+    try:
+        lock_run(tmp_path)  # the same process again: it already holds it
+        other = subprocess.run([sys.executable, "-c", LOCK, str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert other.returncode == 3, other.stderr
+        assert "in use by another mllm-arb process" in other.stdout and f"pid {os.getpid()}" in other.stdout
+    finally:
+        unlock_run(tmp_path)
+    free = subprocess.run([sys.executable, "-c", LOCK, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert free.returncode == 0, free.stdout + free.stderr
+
+
+def test_an_interrupted_stage_names_its_folder_and_resumes(tmp_path, monkeypatch):
+    import mllm_arb.runtime.stage as stage
+
+    out = tmp_path / "out"
+    args = ("evaluate", "model=llava_tiny", "data.n_items=4", "batch_size=4", f"output_dir={out}")
+    real = stage.record_batches
+
+    def interrupt(run, store):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "record_batches", interrupt)
+    result = invoke(*args)
+    assert result.exit_code == 130, result.output
+    run = only_run(out, "evaluate")
+    assert "interrupted" in result.output and f"mllm-arb evaluate --resume {run}" in " ".join(result.output.split())
+    assert not (run / "results.json").exists()
+    monkeypatch.setattr(stage, "record_batches", real)
+    result = invoke("evaluate", "--resume", str(run))  # the folder is free again: the command is over
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "results.json").read_text())["mfr"]
+
+
+def test_a_full_disk_is_one_line_with_the_folder_to_resume(tmp_path, monkeypatch):
+    import errno
+
+    import mllm_arb.runtime.units as units
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(units, "atomic_write_bytes", full)
+    out = tmp_path / "out"
+    result = invoke("evaluate", "model=llava_tiny", "data.n_items=4", f"output_dir={out}")
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and "--resume" in result.output
