@@ -44,6 +44,7 @@ nav.toc li::before { content: counter(toc) ". "; color: var(--muted); }
 .stages li { border: 1px solid var(--line); border-radius: 999px; padding: 0.1rem 0.65rem; font-size: 0.9rem; }
 .stages li.present { background: var(--ok-bg); color: var(--ok); border-color: transparent; }
 .stages li.absent { color: var(--muted); border-style: dashed; }
+.stages li.unfinished { background: var(--na-bg); color: var(--na); border-color: transparent; }
 .absent-note { background: var(--card); border: 1px dashed var(--line); border-radius: 6px; padding: 0.6rem 0.9rem; }
 .warn { background: var(--na-bg); color: var(--na); border-radius: 6px; padding: 0.5rem 0.9rem; }
 dl.facts { display: grid; grid-template-columns: minmax(8rem, max-content) 1fr; gap: 0.2rem 1rem; margin: 0.5rem 0; }

@@ -424,10 +424,11 @@ def controls(study: Study, page: Page) -> str:
 # ------------------------------------------------------------------------------------- the report
 def stage_strip(study: Study) -> str:
     items = []
+    unfinished = {r.command for r in study.unfinished}
     for s in STAGES[1:]:
         present = s in study.stages
-        state = "present" if present else "absent"
-        items.append(f'<li class="{state}" data-stage="{esc(s)}">{esc(s)}: {"run" if present else "not run"}</li>')
+        state = "present" if present else "unfinished" if s in unfinished else "absent"
+        items.append(f'<li class="{state}" data-stage="{esc(s)}">{esc(s)}: {"run" if present else state.replace("absent", "not run")}</li>')
     return f'<ul class="stages" aria-label="Stages">{"".join(items)}</ul>'
 
 
@@ -450,7 +451,11 @@ def render_report(study: Study) -> str:
             "source to trust: behaviour, where the information flows, which heads carry it, and what editing them does.")
     absent_line = (f'<p class="note">Stages not run: {", ".join(f"<code>{esc(s)}</code>" for s in missing)}; their sections say so.</p>'
                    if missing else "")
-    intro = f'<p class="sub">{esc(lead)}</p>{stage_strip(study)}{absent_line}'
+    unfinished = "".join(
+        f'<p class="warn">The {esc(r.command)} run <code>{esc(r.path)}</code> is unfinished (no results.json: interrupted, or '
+        f"still running) and is not read here; continue it with <code>mllm-arb {esc(r.command)} --resume {esc(r.path)}</code>.</p>"
+        for r in study.unfinished)
+    intro = f'<p class="sub">{esc(lead)}</p>{stage_strip(study)}{absent_line}{unfinished}'
     return page.render(intro, footer(study_paths(study)))
 
 

@@ -58,6 +58,8 @@ class Study:
     stages: dict[str, StageRun]
     parent: StageRun | None = None
     superseded: list[StageRun] = field(default_factory=list)  # older runs of a stage given too
+    #: stage runs that never wrote results.json (interrupted, or still running): shown as unfinished, not read
+    unfinished: list[StageRun] = field(default_factory=list)
 
     def ordered(self) -> list[StageRun]:
         """The stage runs in pipeline order (runs of an unknown command last)."""
@@ -231,14 +233,17 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
     for model, runs in by_model.items():
         latest: dict[str, StageRun] = {}
         older: list[StageRun] = []
+        unfinished = [r for r in runs if r.command in STAGES and not (r.path / "results.json").exists()]
         for run in sorted(runs, key=lambda r: r.created):
+            if run in unfinished:
+                continue
             if run.command in latest:
                 older.append(latest[run.command])
             latest[run.command] = run
         parent = next((p for p in parents if _parent_model(p) == model), None)
         if parent is None and len(parents) == 1 and len(by_model) == 1:
             parent = parents[0]
-        studies.append(Study(model=model, stages=latest, parent=parent, superseded=older))
+        studies.append(Study(model=model, stages=latest, parent=parent, superseded=older, unfinished=unfinished))
     for p in parents:  # a parent whose stages are all missing still gets a (mostly empty) study
         if not any(s.parent is p for s in studies) and _parent_model(p) not in by_model:
             studies.append(Study(model=_parent_model(p), stages={}, parent=p))
@@ -257,6 +262,10 @@ def load_study(paths: list[Path]) -> Study:
         names = ", ".join(s.model for s in studies)
         raise UserError(f"these runs are of several models ({names}); use `mllm-arb report --compare` to put them side by side")
     study = studies[0]
+    if not study.stages and study.unfinished:
+        r = study.unfinished[-1]
+        raise UserError(f"{r.path} is an unfinished {r.command} run (no results.json); continue it with "
+                        f"mllm-arb {r.command} --resume {r.path}, then report")
     if not study.stages:
         raise UserError(f"{study.home} holds no stage run (evaluate, analyze, rank-heads, ablate, amplify) to report on")
     return study

@@ -69,6 +69,8 @@ def test_an_interrupted_stage_names_its_folder_and_resumes(tmp_path, monkeypatch
     run = only_run(out, "evaluate")
     assert "interrupted" in result.output and f"mllm-arb evaluate --resume {run}" in " ".join(result.output.split())
     assert not (run / "results.json").exists()
+    report = invoke("report", str(run))  # an unfinished run is not reported as if it had run
+    assert report.exit_code == 2 and "unfinished evaluate run" in report.output, report.output
     monkeypatch.setattr(stage, "record_batches", real)
     result = invoke("evaluate", "--resume", str(run))  # the folder is free again: the command is over
     assert result.exit_code == 0, result.output
