@@ -55,11 +55,6 @@ def user_errors():
         err_console.print("[bold red]interrupted[/]", highlight=False)
         resume_hint()
         raise typer.Exit(130) from None
-    except OSError as exc:  # a full disk, a folder that is a file or read-only: the system's reason and where
-        where = f": {exc.filename}" if exc.filename else ""
-        err_console.print(f"[bold red]error:[/] {exc.strerror or type(exc).__name__}{where}", highlight=False, soft_wrap=True)
-        resume_hint()
-        raise typer.Exit(2) from None
     except OverrideParseException as exc:
         err_console.print(
             f"[bold red]config error:[/] cannot parse override {exc.override!r}; quote values with special characters, "
@@ -70,7 +65,15 @@ def user_errors():
         raise typer.Exit(2) from None
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = exc.__cause__
+        if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # why the override did not fit the key's type
+            msg += f": {str(cause).strip().splitlines()[0]}"
         err_console.print(f"[bold red]config error:[/] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # (after Hydra's errors, some of which are OSErrors) a full disk, a folder that is a file or read-only: the system's reason and where
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {exc.strerror or type(exc).__name__}{where}", highlight=False, soft_wrap=True)
+        resume_hint()
         raise typer.Exit(2) from None
     finally:
         unlock_run()  # the command is over: its folders are free for a --resume from another process
@@ -88,7 +91,10 @@ def resume_hint() -> None:
 
 def config_or_print(command: str, overrides: list[str] | None, print_cfg: bool, resume: Path | None = None) -> DictConfig | None:
     """The command's config; with --cfg it is printed instead (and None returned)."""
+    from ..pipeline.registry import check_known_values
+
     cfg = configure(command, overrides, resume)
+    check_known_values(cfg)
     if print_cfg:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
         return None

@@ -34,3 +34,21 @@ def stage_function(command: str) -> StageFunction:
         return _FUNCTIONS[command]
     except KeyError:
         raise UserError(f"no stage {command!r}; stages are {', '.join(STAGES)}") from None
+
+
+def check_known_values(cfg: DictConfig) -> None:
+    """The values the schema cannot know (condition names, edges, ranking methods, what the sweep asks for
+    as a whole), checked for every command at once: `run` would otherwise find a bad `sweep` value only
+    after evaluate and analyze had run."""
+    from ..core.records import parse_conditions
+    from .analyze.flow import parse_edge
+    from .heads.config import SweepConfig
+
+    parse_conditions(cfg.conditions, "conditions")
+    parse_conditions(cfg.analysis.settings, "analysis.settings")
+    for edge in cfg.analysis.edges:
+        try:
+            parse_edge(edge)
+        except ValueError as exc:
+            raise UserError(f"analysis.edges: {exc}") from None
+    SweepConfig.from_cfg(cfg.sweep)

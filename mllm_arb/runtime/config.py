@@ -10,6 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from ..core import prompt
 from ..core.errors import UserError
 from ..core.paths import conf_dir
+from .schema import check_ranges, register
+
+register()  # the typed nodes conf/config.yaml and the data options start from
 
 # `${prompt:TEXT_INSTRUCTION}` in conf/config.yaml: the study's sentences are written once, in core.prompt
 if not OmegaConf.has_resolver("prompt"):
@@ -29,6 +32,7 @@ def resolved(overrides: list[str] | None) -> DictConfig:
     """The command configuration with every interpolation resolved."""
     cfg = compose(overrides)
     OmegaConf.resolve(cfg)  # fail now on a missing mandatory value (???), not half-way through
+    check_ranges(cfg)
     return cfg
 
 

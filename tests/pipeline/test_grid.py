@@ -6,35 +6,43 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from ..conftest import invoke, only_run
+from ..conftest import invoke, only_run, write_items
 
 
 def test_local_grid_runs_every_job_and_summarises_them(tmp_path):
-    out = tmp_path / "out"
-    result = invoke("grid", "evaluate", "model=llava_tiny,qwen2_vl_tiny", "data.n_items=0,2",
+    out, good, missing = tmp_path / "out", write_items(tmp_path / "data"), tmp_path / "gone.jsonl"
+    result = invoke("grid", "evaluate", "model=llava_tiny,qwen2_vl_tiny", "data=jsonl", f"data.path={good},{missing}",
                     "conditions=[text_following]", f"output_dir={out}")
-    # the two empty-dataset jobs fail (and say why); the others still run, and the grid reports both
+    # the two jobs whose items file is missing fail (and say why); the others still run, and the grid reports both
     assert result.exit_code == 1, result.output
     assert "2 of 4 jobs failed" in result.output
     grid = only_run(out, "grid")
     summary = json.loads((grid / "results.json").read_text())
-    assert summary["n_jobs"] == 4 and summary["n_ok"] == 2 and summary["sweeps"] == ["model=llava_tiny,qwen2_vl_tiny", "data.n_items=0,2"]
+    assert summary["n_jobs"] == 4 and summary["n_ok"] == 2
+    assert summary["sweeps"] == ["model=llava_tiny,qwen2_vl_tiny", f"data.path={good},{missing}"]
     combos = set()
     for job in summary["jobs"]:
-        model, n_items = job["overrides"][0].split("=")[1], int(job["overrides"][1].split("=")[1])
-        combos.add((model, n_items))
+        model = job["overrides"][0].split("=")[1]
+        path = next(o for o in job["overrides"] if o.startswith("data.path=")).split("=", 1)[1]
+        combos.add((model, path))
         assert (grid / "jobs" / str(job["job"]) / ".hydra" / "overrides.yaml").exists()  # Hydra's record of the job
-        if n_items == 0:
-            assert job["status"] == "failed" and "no items" in job["error"]
+        if path == str(missing):
+            assert job["status"] == "failed" and "not found" in job["error"]
             continue
         assert job["status"] == "ok"
         run = out.joinpath(job["run_dir"]) if not job["run_dir"].startswith("/") else type(out)(job["run_dir"])
         cfg = OmegaConf.load(run / "config.yaml")  # an ordinary run directory of that job's config
-        assert cfg.model.name == model and cfg.data.n_items == n_items and run.parent.name == model
+        assert cfg.model.name == model and cfg.data.path == path and run.parent.name == model
         results = json.loads((run / "results.json").read_text())
         assert job["headline"]["mfr"]["text_following"] == results["mfr"]["text_following"]["mfr"]["mean"]
-    assert combos == {(m, n) for m in ("llava_tiny", "qwen2_vl_tiny") for n in (0, 2)}
+    assert combos == {(m, p) for m in ("llava_tiny", "qwen2_vl_tiny") for p in (str(good), str(missing))}
     assert len(list((out / "evaluate").glob("*/*"))) == 2
+
+
+def test_a_grid_value_out_of_range_is_refused_before_any_job(tmp_path):
+    result = invoke("grid", "evaluate", "model=llava_tiny,qwen2_vl_tiny", "data.n_items=0,2", f"output_dir={tmp_path / 'out'}")
+    assert result.exit_code == 2 and "data.n_items=0: must be at least 1" in result.output, result.output
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args,expected", [

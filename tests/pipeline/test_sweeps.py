@@ -239,8 +239,8 @@ def _heads_for_other_model(tmp_path):
 
 
 BAD = {
-    "top-k zero": (lambda p: ["--top-k", "0"], "--top-k 0.0 must be a fraction of the heads in (0, 1]"),
-    "top-k above one": (lambda p: ["--top-k", "1.5"], "--top-k 1.5"),
+    "top-k zero": (lambda p: ["--top-k", "0"], "sweep.top_k=0.0: must be greater than 0"),
+    "top-k above one": (lambda p: ["--top-k", "1.5"], "sweep.top_k=1.5: must be at most 1"),
     "alpha zero": (lambda p: ["--alpha", "0"], "α 0.0 must be > 0"),
     "alpha negative": (lambda p: ["sweep.alphas=[2,-1]"], "α -1.0 must be > 0"),
     "heads file of another model": (lambda p: ["--heads", _heads_for_other_model(p)], "ranked on model 'qwen2_vl_tiny'"),
@@ -267,7 +267,7 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, tmp_path):
 def test_ablate_rejects_bad_input_before_writing_too(tmp_path):
     out = tmp_path / "out"
     result = invoke("ablate", "--top-k", "-0.2", "model=llava_tiny", f"output_dir={out}")
-    assert result.exit_code == 2 and "--top-k -0.2" in result.output and not out.exists()
+    assert result.exit_code == 2 and "sweep.top_k=-0.2" in result.output and not out.exists()
     result = invoke("run", "model=llava_tiny", "sweep.alphas=[0]", f"output_dir={out}")
     assert result.exit_code == 2 and "α 0.0" in result.output and not out.exists()
 

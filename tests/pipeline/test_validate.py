@@ -84,7 +84,7 @@ def test_from_refuses_a_run_of_another_model(validated, with_truth, tmp_path):
 
 def test_bad_sweep_options_fail_before_any_run(with_truth, tmp_path):
     result = invoke("validate", f"model.path={with_truth}", "sweep.n_random=1", f"output_dir={tmp_path / 'out'}")
-    assert result.exit_code == 2 and "at least 2 seeds" in result.output
+    assert result.exit_code == 2 and "sweep.n_random=1: must be at least 2" in result.output
     assert not (tmp_path / "out").exists()
 
 
