@@ -52,6 +52,17 @@ class ConflictItem:
     synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("item_id", "task", "question", "answer_image", "answer_text", "context"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"item {self.item_id!r}: {name} must be text, not {type(value).__name__} {value!r}")
+            if name != "task" and not value.strip():
+                raise ValueError(f"item {self.item_id!r}: {name} is empty")
+        if self.consistent_context is not None and not isinstance(self.consistent_context, str):
+            raise ValueError(f"item {self.item_id!r}: consistent_context must be text or absent")
+        for answer, variants in self.synonyms.items():
+            if not isinstance(answer, str) or not all(isinstance(v, str) and v.strip() for v in variants):
+                raise ValueError(f"item {self.item_id!r}: synonyms must map an answer to a list of non-empty words")
         if not self.answer_image.strip() or not self.answer_text.strip():
             raise ValueError(f"item {self.item_id}: both answers must be non-empty")
         if self.answer_image.strip().lower() == self.answer_text.strip().lower():

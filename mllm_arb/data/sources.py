@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,21 @@ def build_items(data: DictConfig) -> tuple[list[ConflictItem], str]:
 
 
 def build_items_with_report(data: DictConfig) -> tuple[list[ConflictItem], str, dict | None]:
-    """`build_items` plus, for sources that leave items out (mc2, hf), the report of what and why."""
+    """`build_items` plus, for sources that leave items out (mc2, hf), the report of what and why. Every
+    item is checked (`ConflictItem`: fields and types) and item ids must be unique."""
+    try:
+        items, fp, report = _load(data)
+    except ValueError as exc:  # an item that does not hold (its id in the message)
+        raise UserError(f"{data.get('source')} data: {exc}") from None
+    counts = Counter(it.item_id for it in items)
+    repeated = [i for i, c in counts.items() if c > 1]
+    if repeated:
+        raise UserError(f"{data.get('source')} data: item_id {repeated[0]!r} appears {counts[repeated[0]]} times"
+                        + (f" ({len(repeated) - 1} more ids repeat)" if len(repeated) > 1 else "") + "; item ids must be unique")
+    return items, fp, report
+
+
+def _load(data: DictConfig) -> tuple[list[ConflictItem], str, dict | None]:
     source = data.get("source")
     limit = data.get("limit")
     report = None
