@@ -52,10 +52,13 @@ def surface_variants(answer: str, synonyms: Iterable[str] = ()) -> list[str]:
 
 def first_token_ids(tokenizer, variants: Iterable[str]) -> set[int]:
     ids = set()
+    unknown = getattr(tokenizer, "unk_token_id", None)
     for v in variants:
         toks = tokenizer(v, add_special_tokens=False)["input_ids"]
         if toks:
             first = toks[0]
+            if unknown is not None and first == unknown:  # a word outside the vocabulary is no answer at all
+                continue
             # a bare space or marker is the start of many words and would say nothing about this one
             if tokenizer.decode([first]).strip():
                 ids.add(int(first))

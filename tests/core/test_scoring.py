@@ -74,3 +74,18 @@ def test_generation_is_classified():
     assert classify_generation(" light green umbrella", s) == "competitor"
     assert classify_generation("purple", s) == "other"
     assert classify_generation("", s) == "other"
+
+
+def test_a_variant_outside_the_vocabulary_is_never_an_answer_token():
+    """The organism's word-level tokenizer knows "red" but not "RED": the all-caps variant must not add the
+    unknown token to the answer's ids (it would match every unknown word)."""
+    from transformers import AutoTokenizer
+
+    from mllm_arb.core.paths import checkpoint_path
+    from mllm_arb.core.scoring import first_token_ids
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint_path()))
+    assert tok.unk_token_id is not None and tok("RED", add_special_tokens=False)["input_ids"][0] == tok.unk_token_id
+    assert first_token_ids(tok, ["RED"]) == set()
+    assert tok.unk_token_id not in first_token_ids(tok, surface_variants("red"))
+    assert first_token_ids(tok, ["red"]) == {tok("red", add_special_tokens=False)["input_ids"][0]}
