@@ -73,6 +73,8 @@ class KnockoutRow(TypedDict):
     edge: str
     span: NotRequired[str]  # window | from | until (rows written before cumulative spans: window)
     center: int  # the window's centre, or the layer a cumulative span starts or ends at
+    first_layer: NotRequired[int]  # the layers actually blocked
+    last_layer: NotRequired[int]
     log_odds_before: float
     log_odds_after: float
     delta: float
@@ -83,6 +85,7 @@ class KnockoutRow(TypedDict):
 class _KnockoutEffect(TypedDict):
     """The mean change in following log-odds under a knockout, its 95% interval, and MFR before and under it."""
 
+    layers: NotRequired[list[int]]  # [first, last] layer actually blocked (windows clip at the decoder's ends)
     mean: float
     ci_low: float
     ci_high: float

@@ -248,7 +248,8 @@ def knockout_table(results: Mapping) -> str:
             if not pts:
                 continue
             p = max(pts, key=lambda q: abs(q["mean"]) if finite(q["mean"]) else -1)
-            rows.append([human(setting), edge, p["center"], Cell(esc(num(p["mean"], 3, True)), p["mean"], True),
+            where = f"{p['layers'][0]}–{p['layers'][1]}" if "layers" in p else "?"
+            rows.append([human(setting), edge, Cell(esc(f"{p['center']} (layers {where})"), p["center"]), Cell(esc(num(p["mean"], 3, True)), p["mean"], True),
                          Cell(esc(ci(p["ci_low"], p["ci_high"])), p["ci_low"]), p.get("mfr_before"), p.get("mfr_after")])
     return table(["setting", "edge", "layer", "Δ log-odds", "95% CI", "MFR before", "MFR under knockout"], rows,
                  caption="The strongest knockout effect of each edge (the window centre where |Δ log-odds| is largest).")

@@ -33,17 +33,27 @@ def knockout_curves(
     with its 95% interval as a band (the study's Figure 2/3 style); any per-layer mean with an interval
     (`x` names the layer key) draws the same way."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    widths = [p["layers"][1] - p["layers"][0] for pts in curves.values() for p in pts if "layers" in p]
+    clipped = False
     for k, (edge, points) in enumerate(curves.items()):
         xs = [p[x] for p in points]
         colour = EDGE_COLOURS[k % len(EDGE_COLOURS)]
         ax.plot(xs, [p["mean"] for p in points], marker="o", ms=3, lw=1.6, color=colour, label=edge)
         ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points], color=colour, alpha=0.18, lw=0)
+        if x == "center" and widths:  # windows clipped at the decoder's ends block fewer layers: hollow rings
+            narrow = [p for p in points if "layers" in p and p["layers"][1] - p["layers"][0] < max(widths)]
+            if narrow:
+                clipped = True
+                ax.plot([p[x] for p in narrow], [p["mean"] for p in narrow], ls="none", marker="o", ms=7, mfc="none", mec=colour, mew=1.0)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     _integer_layers(ax, curves, x)
     ax.legend(fontsize=8, ncol=2, frameon=False)
+    if clipped:
+        ax.annotate("ringed: window clipped at the first or last layer (fewer layers blocked)", (0.01, 0.01),
+                    xycoords="axes fraction", fontsize=7, color="grey")
     return save(fig, folder, stem)
 
 

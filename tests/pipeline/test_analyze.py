@@ -27,6 +27,9 @@ def test_analyze_writes_results_findings_and_plots(tmp_path):
         curves = results["knockout"][setting]
         assert [tuple(e.split("->")) for e in curves] == list(STUDY_EDGES)
         assert all([p["center"] for p in pts] == list(range(n_layers)) for pts in curves.values())
+        w = results["window"]  # each window's actual layers: clipped at the decoder's ends
+        assert all(p["layers"] == [max(0, p["center"] - (w - 1) // 2), min(n_layers - 1, p["center"] + w // 2)]
+                   for pts in curves.values() for p in pts)
         assert len(results["lens"]["agreement"][setting]) == n_layers
         for edge, spans in results["cumulative"][setting].items():  # from l to the last, from the first to l
             assert [p["layer"] for p in spans["from"]] == [p["layer"] for p in spans["until"]] == list(range(n_layers))

@@ -126,6 +126,8 @@ def knockout_rows(
                         "edge": edge_name(edge),
                         "span": span,
                         "center": layer,
+                        "first_layer": min(layers),  # a window at either end of the decoder is clipped: narrower
+                        "last_layer": max(layers),
                         "log_odds_before": float(base[i]),
                         "log_odds_after": float(log_odds[i]),
                         "delta": float(log_odds[i] - base[i]),
@@ -214,6 +216,7 @@ def _curves(rows: Sequence[KnockoutRow], span: str, key: str, n_boot: int, seed:
         out[setting][edge].append(
             {
                 key: layer,
+                **({"layers": [rs[0]["first_layer"], rs[0]["last_layer"]]} if "first_layer" in rs[0] else {}),
                 "mean": s["mean"],
                 "ci_low": s["ci_low"],
                 "ci_high": s["ci_high"],
