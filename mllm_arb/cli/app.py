@@ -6,6 +6,7 @@ data.limit=32`) and `--cfg` to print the composed configuration instead of runni
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +111,17 @@ def single_process(command: str) -> None:
                         f"and {SHARDABLE[-1]} shard)")
 
 
+def hydra_quoted(text: str) -> str:
+    """`text` for the inside of a single-quoted Hydra override value (its quotes escaped). A `${` would be
+    read as an interpolation whatever the quoting: such a path is refused."""
+    if "${" in text:
+        raise UserError(f"{text}: a path containing '${{' cannot be passed through the configuration; rename or link it")
+    # Hydra's quoted strings: a quote is escaped by a backslash, and backslashes right before a quote (or the
+    # closing quote) are doubled; every other backslash is literal
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    return re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+
+
 def head_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=None, alphas=None) -> list[str]:
     """The head commands' options as Hydra overrides, so they land in the saved config and its hash."""
     from ..pipeline.heads.methods import METHODS
@@ -130,7 +142,7 @@ def head_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=Non
         if not heads.is_file():
             raise UserError(f"--from {from_run}: no {FILE_NAME} there (is it a rank-heads, ablate or amplify run?)")
     if heads is not None:
-        out.append(f"sweep.heads_file='{Path(heads).resolve()}'")
+        out.append(f"sweep.heads_file='{hydra_quoted(str(Path(heads).resolve()))}'")
     if method is not None:
         if method not in METHODS:
             raise UserError(f"--method {method!r}: choose from {', '.join(METHODS)}")

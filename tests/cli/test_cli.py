@@ -114,3 +114,24 @@ def test_model_config_naming_the_wrong_family_is_caught(tmp_path):
     items = write_items(tmp_path / "data")
     result = invoke("evaluate", "model=llava_tiny", "model.family=gemma3", "data=jsonl", f"data.path={items}", f"output_dir={tmp_path}")
     assert result.exit_code == 2 and "not gemma3" in result.output
+
+
+@pytest.mark.parametrize("name", ["it's", "back\\slash", "q'\\'x", "sp ace", "plain"])
+def test_a_heads_path_with_quotes_or_backslashes_reaches_the_config_unchanged(name, tmp_path):
+    """--heads and --from become a Hydra override the tool writes itself: any path must survive it."""
+    from mllm_arb.cli.app import head_overrides
+    from mllm_arb.runtime.config import resolved
+
+    folder = tmp_path / name
+    folder.mkdir()
+    heads = folder / "heads.json"
+    heads.write_text("{}")
+    assert resolved(head_overrides(heads=heads)).sweep.heads_file == str(heads.resolve())
+
+
+def test_a_heads_path_with_an_interpolation_is_refused(tmp_path):
+    folder = tmp_path / "x${y}"
+    folder.mkdir()
+    (folder / "heads.json").write_text("{}")
+    result = invoke("ablate", "--heads", str(folder / "heads.json"), f"output_dir={tmp_path / 'out'}")
+    assert result.exit_code == 2 and "cannot be passed through the configuration" in result.output, result.output
