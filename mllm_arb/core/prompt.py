@@ -159,7 +159,12 @@ def token_groups(
     for pos, tok in enumerate(row_ids):
         group = "image" if tok == image_token_id else assigned[pos]
         groups[group].append(pos)
-    groups["last"] = [len(row_ids) - 1]
+    # the final position is `last` only: the chat template's closing text would otherwise put it in
+    # `system` as well, and an edge into `system` would then also cut the answer position's reads
+    final = len(row_ids) - 1
+    for group in GROUPS:
+        groups[group] = [pos for pos in groups[group] if pos != final]
+    groups["last"] = [final]
     for group, _ in user_segments(sample):
         if not groups[group]:
             raise UserError(f"sample {sample.item_id}: no tokens found for the {group} part of the prompt")

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: bump whenever the items built from the same file and options could change
 LOADER_VERSION = "mc2-v1"
 FIELDS = ("image_id", "task", "question", "answer_vision", "answer_text", "context")
+#: fields a whole JSON number may stand for (a COCO id, a count): read as its decimal text
+NUMBERS_AS_TEXT = ("image_id", "answer_vision", "answer_text")
 #: file names tried for an image id, in each of the folders of `image_dirs`
 IMAGE_NAMES = ("COCO_train2014_{id}.jpg", "COCO_val2014_{id}.jpg", "{id}.jpg", "{id}.png")
 #: COCO's own layout keeps the two splits in sub-folders; accept both flat and split folders
@@ -104,7 +106,16 @@ def read_records(path: str | Path) -> tuple[list[dict], bytes]:
     if not isinstance(records, list):
         raise UserError(f"{path}: expected a JSON list of MC² items, got {type(records).__name__}")
     for n, rec in enumerate(records):
-        missing = [k for k in FIELDS if not isinstance(rec, dict) or not str(rec.get(k, "")).strip()]
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}: item {n} is a {type(rec).__name__}, not a JSON object with {', '.join(FIELDS)}")
+        for k in NUMBERS_AS_TEXT:  # an image id or a counting answer written as a JSON number is that number's text
+            if isinstance(rec.get(k), int) and not isinstance(rec[k], bool):
+                rec[k] = str(rec[k])
+        wrong = [k for k in FIELDS if k in rec and rec[k] is not None and not isinstance(rec[k], str)]
+        if wrong:
+            raise UserError(f"{path}: item {n}: field(s) {', '.join(wrong)} must be text, not "
+                            f"{', '.join(type(rec[k]).__name__ for k in wrong)}")
+        missing = [k for k in FIELDS if not str(rec.get(k) or "").strip()]
         if missing:
             raise UserError(f"{path}: item {n} lacks field(s) {', '.join(missing)}")
     return records, raw

@@ -43,7 +43,7 @@ def save_items(items: Sequence[ConflictItem], path: str | Path, fingerprint: str
         columns["synonyms"].append(json.dumps({k: list(v) for k, v in it.synonyms.items()}))
         columns["image"].append(it.image)
     Dataset.from_dict(columns, features=features).save_to_disk(str(path))
-    (path / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint, **(meta or {})}, indent=2))
+    (path / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint, "n_items": len(items), **(meta or {})}, indent=2))
     return path
 
 
@@ -53,8 +53,17 @@ def load_items(path: str | Path) -> tuple[list[ConflictItem], str]:
     path = Path(path)
     if not (path / FINGERPRINT_FILE).exists():
         raise UserError(f"{path} is not a dataset written by `mllm-arb build-data`")
-    fingerprint = json.loads((path / FINGERPRINT_FILE).read_text())["fingerprint"]
-    ds = load_from_disk(str(path))
+    try:
+        saved = json.loads((path / FINGERPRINT_FILE).read_text())
+        fingerprint = saved["fingerprint"]
+        ds = load_from_disk(str(path))
+        rows = list(ds)
+    except Exception as exc:  # noqa: BLE001 - a missing shard, a truncated Arrow file, a damaged state.json: all the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: the saved dataset is damaged or incomplete ({first}); rebuild it with `mllm-arb build-data`") from None
+    if "n_items" in saved and len(rows) != saved["n_items"]:
+        raise UserError(f"{path}: the saved dataset holds {len(rows)} of its {saved['n_items']} items (a partial copy?); "
+                        "rebuild it with `mllm-arb build-data`")
     items = [
         ConflictItem(
             item_id=r["item_id"],
@@ -67,6 +76,6 @@ def load_items(path: str | Path) -> tuple[list[ConflictItem], str]:
             synonyms={k: tuple(v) for k, v in json.loads(r["synonyms"] or "{}").items()},
             image=r["image"].convert("RGB") if r["image"] is not None else None,
         )
-        for r in ds
+        for r in rows
     ]
     return items, fingerprint

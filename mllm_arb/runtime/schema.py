@@ -145,12 +145,12 @@ class SweepSchema:
     controls: list[str] = key()
     top_k: float = key(above=0, max=1)
     top_n: Optional[int] = key(min=1)
-    ks: list[float] = key()
+    ks: list[float] = key(above=0, max=1)
     n_random: int = key(min=2)
     n_random_dose: int = key(min=2)
     ablation: str = key(choices=("zero", "mean"))
     positions: str = key(choices=("all", "last", "instruction"))
-    alphas: list[float] = key(nonempty=True)
+    alphas: list[float] = key(nonempty=True, above=0)
     interactions: int = key(min=0)
     heads_file: Optional[str] = key()
     allow_other_model: bool = key()
@@ -214,6 +214,11 @@ def check_ranges(cfg: DictConfig) -> None:
     source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) else None
     if source in DATA:
         _check(cfg.data, DATA[source], "data.")
+
+
+def check_node(node: DictConfig, schema: type, prefix: str) -> None:
+    """One config node (e.g. `cfg.sweep`, prefix "sweep.") against its schema's ranges."""
+    _check(node, schema, prefix)
 
 
 def _check(node: DictConfig, schema: type, prefix: str) -> None:

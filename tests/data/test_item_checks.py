@@ -41,3 +41,44 @@ def test_a_bad_item_is_one_line_naming_where(case, tmp_path):
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in " ".join(result.output.split()), result.output
     assert not out.exists()
+
+
+def test_mc2_records_read_numbers_as_text_and_refuse_other_types(tmp_path):
+    """An MC² file written with numeric image ids or counts loads as their text; a float, a bool or a list
+    where text belongs is one clear error naming the item."""
+    from mllm_arb.core.errors import UserError
+    from mllm_arb.data.mc2 import read_records
+
+    good = {"image_id": 139, "task": "counting", "question": "How many?", "answer_vision": 2, "answer_text": 3,
+            "context": "There are 3 dogs."}
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps([good]))
+    (rec,), _ = read_records(path)
+    assert (rec["image_id"], rec["answer_vision"], rec["answer_text"]) == ("139", "2", "3")
+    for field, value in (("answer_vision", 2.5), ("question", ["q"]), ("answer_text", True), ("context", 7)):
+        path.write_text(json.dumps([{**good, field: value}]))
+        with pytest.raises(UserError, match=f"item 0: field\\(s\\) {field} must be text"):
+            read_records(path)
+    path.write_text(json.dumps([["not", "an", "object"]]))
+    with pytest.raises(UserError, match="item 0 is a list"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("damage", ["arrow file truncated", "arrow file missing", "state.json missing"])
+def test_a_half_copied_saved_dataset_is_refused(tmp_path, damage):
+    from mllm_arb.core.errors import UserError
+    from mllm_arb.data.store import load_items, save_items
+
+    from ..conftest import conflict_items
+
+    folder = save_items(conflict_items(4), tmp_path / "ds", "fp")
+    assert len(load_items(folder)[0]) == 4
+    arrow = sorted(folder.glob("*.arrow"))[0]
+    if damage == "arrow file truncated":
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])
+    elif damage == "arrow file missing":
+        arrow.unlink()
+    else:
+        (folder / "state.json").unlink()
+    with pytest.raises(UserError, match="damaged or incomplete|rebuild it"):
+        load_items(folder)

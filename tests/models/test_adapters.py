@@ -41,8 +41,9 @@ def test_spans_decode_to_their_text(family, padding_side):
         assert spans["image"] == image_positions and image_positions
         last = spans["last"][0]
         assert mask[row, last] == 1 and (last == ids.shape[1] - 1 or mask[row, last + 1 :].sum() == 0)
-        covered = sorted(p for g, pos in spans.items() if g != "last" for p in pos)
-        assert covered == mask[row].nonzero().flatten().tolist(), "groups partition the real tokens"
+        covered = sorted(p for pos in spans.values() for p in pos)
+        assert covered == mask[row].nonzero().flatten().tolist(), "groups partition the real tokens, each in one group"
+        assert spans["last"] == [last] and all(last not in pos for g, pos in spans.items() if g != "last")
         assert max(spans["image"]) < min(spans["context"]), "the image comes first"
     out = adapter.model(**batch.inputs)
     assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()

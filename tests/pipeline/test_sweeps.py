@@ -147,17 +147,17 @@ def _sweep_cfg(**over):
 
 
 @pytest.mark.parametrize("over,message", [
-    ({"top_k": 0}, "--top-k 0.0 must be a fraction"),
-    ({"top_k": 1.5}, "--top-k 1.5"),
-    ({"alphas": [2, 0]}, "α 0.0 must be > 0"),
-    ({"alphas": [-1]}, "α -1.0"),
-    ({"ks": [0.05, 2]}, "sweep.ks entry 2.0"),
+    ({"top_k": 0}, "sweep.top_k=0.0: must be greater than 0"),
+    ({"top_k": 1.5}, "sweep.top_k=1.5: must be at most 1"),
+    ({"alphas": [2, 0]}, "sweep.alphas=0.0: must be greater than 0"),
+    ({"alphas": [-1]}, "sweep.alphas=-1.0"),
+    ({"ks": [0.05, 2]}, "sweep.ks=2.0: must be at most 1"),
     ({"rank_fraction": 1.0}, "rank_fraction"),
     ({"rank_method": "magic"}, "magic"),
     ({"settings": ["text_folowing"]}, "text_folowing"),
     ({"ablation": "half"}, "half"),
     ({"positions": "first"}, "first"),
-    ({"top_n": 0}, "--top-n 0"),
+    ({"top_n": 0}, "sweep.top_n=0: must be at least 1"),
 ])
 def test_sweep_config_rejects_bad_values(over, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -241,8 +241,8 @@ def _heads_for_other_model(tmp_path):
 BAD = {
     "top-k zero": (lambda p: ["--top-k", "0"], "sweep.top_k=0.0: must be greater than 0"),
     "top-k above one": (lambda p: ["--top-k", "1.5"], "sweep.top_k=1.5: must be at most 1"),
-    "alpha zero": (lambda p: ["--alpha", "0"], "α 0.0 must be > 0"),
-    "alpha negative": (lambda p: ["sweep.alphas=[2,-1]"], "α -1.0 must be > 0"),
+    "alpha zero": (lambda p: ["--alpha", "0"], "sweep.alphas=0.0: must be greater than 0"),
+    "alpha negative": (lambda p: ["sweep.alphas=[2,-1]"], "sweep.alphas=-1.0: must be greater than 0"),
     "heads file of another model": (lambda p: ["--heads", _heads_for_other_model(p)], "ranked on model 'qwen2_vl_tiny'"),
     "missing heads file": (lambda p: ["--heads", str(p / "none.json")], "does not exist"),
     "from a run without heads": (lambda p: ["--from", str(p)], "no heads.json"),
@@ -269,7 +269,7 @@ def test_ablate_rejects_bad_input_before_writing_too(tmp_path):
     result = invoke("ablate", "--top-k", "-0.2", "model=llava_tiny", f"output_dir={out}")
     assert result.exit_code == 2 and "sweep.top_k=-0.2" in result.output and not out.exists()
     result = invoke("run", "model=llava_tiny", "sweep.alphas=[0]", f"output_dir={out}")
-    assert result.exit_code == 2 and "α 0.0" in result.output and not out.exists()
+    assert result.exit_code == 2 and "sweep.alphas=0.0" in result.output and not out.exists()
 
 
 # ------------------------------------------------------------------------------------ the organism
@@ -291,3 +291,14 @@ def test_organism_top_heads_beat_random_heads(tmp_path):
     # a random set may happen to hold one of the key heads, but few do
     assert pooled["separation"]["log_odds"]["random_at_least_as_low"] <= 0.25
     assert pooled["top"]["mfr"]["mean"] < pooled["before"]["mfr"]["mean"]
+
+
+def test_the_schema_allows_exactly_the_sweeps_own_choices():
+    """runtime/schema.py cannot import the head stages: its lists of choices must equal theirs."""
+    import dataclasses
+
+    from mllm_arb.pipeline.heads.methods import ABLATION_MODES, POSITIONS
+    from mllm_arb.runtime.schema import SweepSchema
+
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(SweepSchema)}
+    assert set(choices["ablation"]) == set(ABLATION_MODES) and set(choices["positions"]) == set(POSITIONS)
