@@ -76,6 +76,11 @@ def user_errors():
         err_console.print(f"[bold red]error:[/] {exc.strerror or type(exc).__name__}{where}", highlight=False, soft_wrap=True)
         resume_hint()
         raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except Exception:  # a fault, not bad input: its traceback stays, but the saved batches are not lost either
+        resume_hint()
+        raise
     finally:
         unlock_run()  # the command is over: its folders are free for a --resume from another process
 

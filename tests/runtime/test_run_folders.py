@@ -90,3 +90,27 @@ def test_a_full_disk_is_one_line_with_the_folder_to_resume(tmp_path, monkeypatch
     result = invoke("evaluate", "model=llava_tiny", "data.n_items=4", f"output_dir={out}")
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.output and "--resume" in result.output
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    afile = tmp_path / "taken"
+    afile.write_text("not a folder")
+    result = invoke("evaluate", "model=llava_tiny", "data.n_items=2", f"output_dir={afile}")
+    assert result.exit_code == 2 and "Not a directory" in result.output, result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1
+
+
+def test_a_fault_mid_run_keeps_its_traceback_and_names_the_folder(tmp_path, monkeypatch):
+    import mllm_arb.runtime.stage as stage
+    from typer.testing import CliRunner
+
+    from mllm_arb.cli import app
+
+    def bug(run, store):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(stage, "record_batches", bug)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["evaluate", "model=llava_tiny", "data.n_items=2", f"output_dir={out}"])
+    assert isinstance(result.exception, RuntimeError)  # a fault is not dressed up as a user error
+    assert "--resume" in result.output and str(only_run(out, "evaluate")) in " ".join(result.output.split())
