@@ -107,10 +107,6 @@ def _interval(e: dict | None) -> tuple[float | None, float | None]:
     return e.get("ci_low"), e.get("ci_high")
 
 
-def _diff(a, b):
-    return a - b if _finite(a, b) else None
-
-
 def blocking_finding(blocking: dict | None) -> dict | None:
     """(e) blocking the top heads lowers following more than random sets of the same size, from ablate's
     pooled blocking entry: per metric (MFR, log-odds), the top set's mean change against the random
@@ -118,7 +114,7 @@ def blocking_finding(blocking: dict | None) -> dict | None:
     wholly above (the top set hurts less), else undecided. None when the run had no random sets."""
     if not blocking or "random" not in blocking:
         return None
-    top, rnd, before = blocking["top"], blocking["random"], blocking.get("before") or {}
+    top, rnd = blocking["top"], blocking["random"]
     per_metric = {}
     for metric in ("mfr", "log_odds"):
         (t_lo, t_hi), (r_lo, r_hi) = _interval(top["change"][metric]), _interval(rnd["change"][metric])
@@ -136,7 +132,7 @@ def blocking_finding(blocking: dict | None) -> dict | None:
         "claim": "blocking the top heads lowers following more than random heads of the same size",
         "value": {"relative_mfr_drop": top.get("relative_mfr_drop"), "top_mfr_change": change.get("mean"),
                   "random_mfr_change": rnd["change"]["mfr"].get("mean"), "top_log_odds_change": top["change"]["log_odds"].get("mean"),
-                  "random_log_odds_change": _diff((rnd.get("log_odds") or {}).get("mean"), (before.get("log_odds") or {}).get("mean"))},
+                  "random_log_odds_change": rnd["change"]["log_odds"].get("mean")},
         "interval": list(_interval(change)),
         "interval_of": "top_mfr_change",
         "threshold": "top interval below random",

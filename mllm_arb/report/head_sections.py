@@ -154,7 +154,7 @@ def blocking(study: Study, page: Page, fallback) -> str:
         clears = any((sep.get(m) or {}).get("separated") for m in ("mfr", "log_odds")) if sep else None
         rows.append([Cell(esc(cond_name(cond)), cond), "setting" if e.get("kind") == "setting" else "control", e.get("n"),
                      interval((e.get("before") or {}).get("mfr")), interval(top.get("mfr")), interval(rnd.get("mfr")),
-                     interval(bottom.get("mfr")), top.get("relative_mfr_drop"), top.get("log_odds_change"),
+                     interval(bottom.get("mfr")), top.get("relative_mfr_drop"), interval((top.get("change") or {}).get("log_odds")),
                      Cell({True: "yes", False: "no", None: ""}[clears], {True: 1, False: 0, None: -1}[clears])])
     if rows:
         out.append(table(["condition", "kind", "n", "before", f"top {n} blocked", f"random {n} (mean over sets)", f"bottom {n}",

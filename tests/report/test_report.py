@@ -233,6 +233,12 @@ def test_head_sections_show_heatmaps_top_k_blocking_and_amplification(study, hea
     assert "Under blocking" in section["controls"] and "Under amplification" in section["controls"]
     for claim in ("(e) blocking the top heads", "(f) amplifying the top heads"):
         assert claim in section["findings"]
+    # the blocking table has a value in every cell the sweep wrote one for (the top set's Δ log-odds was blank once)
+    first_row = section["blocking"].split("<tbody>")[1].split("</tr>")[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", first_row)
+    assert cells and all(c.strip() and c.strip() != "n/a" for c in cells[:9]), cells
+    findings_rows = section["findings"].split("(e) blocking the top heads")[1].split("</tr>")[0]
+    assert "top log odds change: n/a" not in findings_rows and "random log odds change: n/a" not in findings_rows
 
 
 def renamed_copy(run, folder, model, n_layers=None):
