@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed
 .PHONY: install analyze test bench clean browser
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): a virtual environment, torch 2.13.0 (CPU build), then mllm-arb with its dev extra (a few minutes, once)"
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# the pinned CPU build first: an unpinned torch pulls gigabytes of CUDA packages
+	@echo "installing torch 2.13.0 (CPU build)"
 	$(BIN)/pip install -q torch==2.13.0
+	@echo "installing mllm-arb and its dependencies (transformers, hydra, datasets, matplotlib, pytest, ...)"
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 install: $(STAMP)
 

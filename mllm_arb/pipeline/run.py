@@ -5,7 +5,9 @@ ablate and amplify reuse rank-heads' heads.json."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -52,6 +54,8 @@ class Children:
         if command in self.reused:
             return self.reused[command]
         root = self.parent.path
+        done = len(self.stages)
+        print(f"[{datetime.now().strftime('%H:%M:%S')}] {self.parent.command}: stage {done + 1}, {command}", file=sys.stderr, flush=True)
         with self.parent.timed(command):
             result = (fn or stage_function(command))(resolved(overrides))
         self.stages[command] = str(result.path.relative_to(root))

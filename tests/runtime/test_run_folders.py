@@ -114,3 +114,24 @@ def test_a_fault_mid_run_keeps_its_traceback_and_names_the_folder(tmp_path, monk
     result = CliRunner().invoke(app, ["evaluate", "model=llava_tiny", "data.n_items=2", f"output_dir={out}"])
     assert isinstance(result.exception, RuntimeError)  # a fault is not dressed up as a user error
     assert "--resume" in result.output and str(only_run(out, "evaluate")) in " ".join(result.output.split())
+
+
+def test_progress_reaches_a_log_when_stderr_is_not_a_terminal():
+    """SLURM, nohup, CI: dated lines at the start, every few seconds, and at the end of each task."""
+    import io
+    import time as clock
+
+    from mllm_arb.runtime.progress import LogProgress
+
+    out = io.StringIO()
+    with LogProgress(stream=out, every=0.05) as bar:
+        task = bar.add_task("knockout", total=4)
+        bar.advance(task, 1)
+        clock.sleep(0.06)
+        bar.advance(task, 1)  # a periodic line: done/total, share, elapsed, time left
+        bar.advance(task, 2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("start: knockout (4 steps)")
+    assert any("knockout: 2/4 (50%)" in ln and "left" in ln for ln in lines)
+    assert lines[-1].split("] ", 1)[1].startswith("done: knockout in")
+    assert len(lines) == 3
