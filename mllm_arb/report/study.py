@@ -41,6 +41,12 @@ class StageRun:
         return str(self.results.get("model") or (self.config.get("model") or {}).get("name") or self.path.parent.name)
 
     @property
+    def checkpoint(self) -> str | None:
+        """The fingerprint of the weights the run used (None for runs without a model, and old runs)."""
+        fp = self.manifest.get("model_fingerprint")
+        return str(fp) if fp else None
+
+    @property
     def created(self) -> str:
         return str(self.manifest.get("created", ""))
 
@@ -229,6 +235,7 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
     by_model: dict[str, list[StageRun]] = {}
     for run in stages:
         by_model.setdefault(run.model, []).append(run)
+    by_model = _split_by_checkpoint(by_model)
     studies = []
     for model, runs in by_model.items():
         latest: dict[str, StageRun] = {}
@@ -240,7 +247,7 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
             if run.command in latest:
                 older.append(latest[run.command])
             latest[run.command] = run
-        parent = next((p for p in parents if _parent_model(p) == model), None)
+        parent = next((p for p in parents if _parent_model(p) == model.split(" [")[0]), None)
         if parent is None and len(parents) == 1 and len(by_model) == 1:
             parent = parents[0]
         studies.append(Study(model=model, stages=latest, parent=parent, superseded=older, unfinished=unfinished))
@@ -252,6 +259,21 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
 
 def _parent_model(run: StageRun) -> str:
     return run.model
+
+
+def _split_by_checkpoint(by_model: dict[str, list[StageRun]]) -> dict[str, list[StageRun]]:
+    """A model name whose runs used different weights (the same `model.name` with another `model.path`)
+    is several models: each gets its own study, named with its checkpoint's fingerprint. Runs without a
+    model (build-data) stay with the first."""
+    out: dict[str, list[StageRun]] = {}
+    for name, runs in by_model.items():
+        prints = list(dict.fromkeys(r.checkpoint for r in runs if r.checkpoint))
+        if len(prints) < 2:
+            out[name] = runs
+            continue
+        for k, fp in enumerate(prints):
+            out[f"{name} [{fp[:8]}]"] = [r for r in runs if r.checkpoint == fp or (k == 0 and not r.checkpoint)]
+    return out
 
 
 def load_study(paths: list[Path]) -> Study:

@@ -355,3 +355,26 @@ def test_run_ends_with_its_report(tmp_path):
     parent = only_run(out, "run")
     page = (parent / "report.html").read_text()
     assert re.findall(r'<section id="([a-z-]+)"', page) == SECTIONS and "data-absent" not in page
+
+
+def test_two_checkpoints_with_one_model_name_are_never_merged(tmp_path):
+    """`model.path` can point `model=llava_tiny` at any checkpoint: runs are grouped by the weights they used."""
+    from mllm_arb.models.tiny import save_tiny_model
+    from mllm_arb.report.study import load_studies
+
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        folder = save_tiny_model("llava", tmp_path / f"ckpt{seed}", seed=seed)
+        result = invoke("evaluate", "model=llava_tiny", f"model.path={folder}", "data.n_items=2",
+                        "conditions=[text_following]", f"output_dir={out}")
+        assert result.exit_code == 0, result.output
+    runs = sorted((out / "evaluate" / "llava_tiny").iterdir())
+    studies = load_studies(runs)
+    assert len(studies) == 2 and len({s.model for s in studies}) == 2
+    assert all(s.model.startswith("llava_tiny [") for s in studies)
+    single = invoke("report", *map(str, runs), "--out", str(tmp_path / "one.html"))
+    assert single.exit_code == 2 and "several models" in single.output
+    both = invoke("report", "--compare", *map(str, runs), "--out", str(tmp_path / "both.html"))
+    assert both.exit_code == 0, both.output
+    page = (tmp_path / "both.html").read_text()
+    assert all(s.model in page for s in studies)
