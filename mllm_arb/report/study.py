@@ -197,6 +197,21 @@ def linked_runs(run: StageRun) -> list[Path]:
     return out
 
 
+def grid_jobs(grid: StageRun) -> list[Path]:
+    """The run directories of a grid's finished jobs (absolute, or relative to the grid's output_dir)."""
+    out = []
+    base = Path(str((grid.config or {}).get("output_dir") or "."))
+    for job in grid.results.get("jobs") or []:
+        if job.get("status") != "ok" or not job.get("run_dir"):
+            continue
+        where = Path(job["run_dir"])
+        for cand in (where, base / where, grid.path / where):
+            if cand.is_dir() and is_run(cand):
+                out.append(cand)
+                break
+    return out
+
+
 def collect_runs(paths: list[Path]) -> tuple[list[StageRun], list[StageRun]]:
     """(stage runs, parent runs) named by `paths`, each read once."""
     seen: set[Path] = set()
@@ -209,6 +224,13 @@ def collect_runs(paths: list[Path]) -> tuple[list[StageRun], list[StageRun]]:
             return
         seen.add(key)
         run = read_run(p)
+        if run.manifest.get("command") == "grid":  # a grid is its jobs' runs: one model each, side by side
+            jobs = grid_jobs(run)
+            if not jobs:
+                raise UserError(f"{p} is a grid whose jobs all failed or never finished: nothing to report on")
+            for q in jobs:
+                add(q)
+            return
         if run.command in PARENTS:
             parents.append(run)
             for q in linked_runs(run):

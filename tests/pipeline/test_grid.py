@@ -37,6 +37,16 @@ def test_local_grid_runs_every_job_and_summarises_them(tmp_path):
         assert job["headline"]["mfr"]["text_following"] == results["mfr"]["text_following"]["mfr"]["mean"]
     assert combos == {(m, p) for m in ("llava_tiny", "qwen2_vl_tiny") for p in (str(good), str(missing))}
     assert len(list((out / "evaluate").glob("*/*"))) == 2
+    # a grid folder reports as its finished jobs: two models, so one page needs --compare
+    single = invoke("report", str(grid), "--out", str(tmp_path / "one.html"))
+    assert single.exit_code == 2 and "several models" in single.output, single.output
+    both = invoke("report", "--compare", str(grid), "--out", str(tmp_path / "grid.html"))
+    assert both.exit_code == 0, both.output
+    page = (tmp_path / "grid.html").read_text()
+    assert "llava_tiny" in page and "qwen2_vl_tiny" in page
+    from mllm_arb.report.study import load_studies
+
+    assert sorted(s.model for s in load_studies([grid])) == ["llava_tiny", "qwen2_vl_tiny"]  # not a model called "evaluate"
 
 
 def test_a_grid_value_out_of_range_is_refused_before_any_job(tmp_path):
