@@ -21,23 +21,26 @@ def _finite(*xs) -> bool:
     return all(x is not None and np.isfinite(x) for x in xs)
 
 
-def above(lo: float | None, hi: float | None, threshold: float) -> str:
+def above(lo: float | None, hi: float | None, threshold: float, threshold_high: float | None = None) -> str:
     """The claim "the number exceeds `threshold`" given its interval [lo, hi] (an interval that only
-    touches the threshold from below cannot exceed it: it fails)."""
-    if not _finite(lo, hi):
+    touches the threshold from below cannot exceed it: it fails). The threshold may itself be an interval
+    [threshold, threshold_high], another quantity's: the claim then needs the two intervals apart."""
+    top = threshold if threshold_high is None else threshold_high
+    if not _finite(lo, hi, threshold, top):
         return UNCHECKED
-    if lo > threshold:
+    if lo > top:
         return HOLDS
     if hi <= threshold:
         return FAILS
     return UNDECIDED
 
 
-def below(lo: float | None, hi: float | None, threshold: float) -> str:
-    """The claim "the number lies under `threshold`"."""
+def below(lo: float | None, hi: float | None, threshold: float, threshold_high: float | None = None) -> str:
+    """The claim "the number lies under `threshold`" (or under the interval [threshold, threshold_high])."""
     if not _finite(lo, hi):
         return UNCHECKED
-    return above(-hi, -lo, -threshold)
+    top = threshold if threshold_high is None else threshold_high
+    return above(-hi, -lo, -top, -threshold)
 
 
 def within(lo: float | None, hi: float | None, bound: float) -> str:
@@ -64,13 +67,11 @@ def all_of(verdicts: Iterable[str]) -> str:
 
 
 def any_of(verdicts: Iterable[str]) -> str:
-    """A claim that holds when any part holds (a peak at some layer): fails only when every part fails."""
-    vs = [v for v in verdicts if v != UNCHECKED]
-    if not vs:
-        return UNCHECKED
-    if HOLDS in vs:
-        return HOLDS
-    return UNDECIDED if UNDECIDED in vs else FAILS
+    """A claim that holds when any part holds (a peak at some layer): fails only when every part fails
+    (`all_of` of the negated parts, negated)."""
+    flip = {HOLDS: FAILS, FAILS: HOLDS}
+    negated = all_of(flip.get(v, v) for v in verdicts)
+    return flip.get(negated, negated)
 
 
 def holds_of(verdict: str) -> bool | None:
@@ -117,15 +118,7 @@ def blocking_finding(blocking: dict | None) -> dict | None:
     top, rnd = blocking["top"], blocking["random"]
     per_metric = {}
     for metric in ("mfr", "log_odds"):
-        (t_lo, t_hi), (r_lo, r_hi) = _interval(top["change"][metric]), _interval(rnd["change"][metric])
-        if not _finite(t_lo, t_hi, r_lo, r_hi):
-            per_metric[metric] = UNCHECKED
-        elif t_hi < r_lo:
-            per_metric[metric] = HOLDS
-        elif t_lo >= r_hi:
-            per_metric[metric] = FAILS
-        else:
-            per_metric[metric] = UNDECIDED
+        per_metric[metric] = below(*_interval(top["change"][metric]), *_interval(rnd["change"][metric]))
     verdict = any_of(per_metric.values())
     change = top["change"]["mfr"]
     return {
@@ -155,9 +148,6 @@ def recovery_finding(pooled: dict | None, random: dict | None) -> dict | None:
         return {"claim": claim, "value": value, "interval": [None, None], "threshold": "top interval above random",
                 "verdict": UNCHECKED, "holds": None, "note": "no failed samples to recover"}
     (t_lo, t_hi), (r_lo, r_hi) = _interval(rec), _interval(rnd)
-    if not _finite(t_lo, t_hi, r_lo, r_hi):
-        verdict = UNCHECKED
-    else:
-        verdict = HOLDS if t_lo > r_hi else FAILS if t_hi <= r_lo else UNDECIDED
+    verdict = above(t_lo, t_hi, r_lo, r_hi)
     return {"claim": claim, "value": value, "interval": [t_lo, t_hi], "interval_of": "recovery", "threshold": "top interval above random",
             "random_interval": [r_lo, r_hi], "n_failed": pooled["n_failed"], "verdict": verdict, "holds": holds_of(verdict)}

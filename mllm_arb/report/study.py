@@ -257,9 +257,9 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
     by_model: dict[str, list[StageRun]] = {}
     for run in stages:
         by_model.setdefault(run.model, []).append(run)
-    by_model = _split_by_checkpoint(by_model)
+    groups = _split_by_checkpoint(by_model)
     studies = []
-    for model, runs in by_model.items():
+    for model, base, runs in groups:
         latest: dict[str, StageRun] = {}
         older: list[StageRun] = []
         unfinished = [r for r in runs if r.command in STAGES and not (r.path / "results.json").exists()]
@@ -269,8 +269,8 @@ def group_by_model(stages: list[StageRun], parents: list[StageRun]) -> list[Stud
             if run.command in latest:
                 older.append(latest[run.command])
             latest[run.command] = run
-        parent = next((p for p in parents if _parent_model(p) == model.split(" [")[0]), None)
-        if parent is None and len(parents) == 1 and len(by_model) == 1:
+        parent = next((p for p in parents if _parent_model(p) == base), None)
+        if parent is None and len(parents) == 1 and len(groups) == 1:
             parent = parents[0]
         studies.append(Study(model=model, stages=latest, parent=parent, superseded=older, unfinished=unfinished))
     for p in parents:  # a parent whose stages are all missing still gets a (mostly empty) study
@@ -283,18 +283,18 @@ def _parent_model(run: StageRun) -> str:
     return run.model
 
 
-def _split_by_checkpoint(by_model: dict[str, list[StageRun]]) -> dict[str, list[StageRun]]:
-    """A model name whose runs used different weights (the same `model.name` with another `model.path`)
-    is several models: each gets its own study, named with its checkpoint's fingerprint. Runs without a
-    model (build-data) stay with the first."""
-    out: dict[str, list[StageRun]] = {}
+def _split_by_checkpoint(by_model: dict[str, list[StageRun]]) -> list[tuple[str, str, list[StageRun]]]:
+    """(label, model name, runs) per model. A model name whose runs used different weights (the same
+    `model.name` with another `model.path`) is several models: each is labelled with its checkpoint's
+    fingerprint. Runs without a model (build-data) stay with the first."""
+    out = []
     for name, runs in by_model.items():
         prints = list(dict.fromkeys(r.checkpoint for r in runs if r.checkpoint))
         if len(prints) < 2:
-            out[name] = runs
+            out.append((name, name, runs))
             continue
         for k, fp in enumerate(prints):
-            out[f"{name} [{fp[:8]}]"] = [r for r in runs if r.checkpoint == fp or (k == 0 and not r.checkpoint)]
+            out.append((f"{name} [{fp[:8]}]", name, [r for r in runs if r.checkpoint == fp or (k == 0 and not r.checkpoint)]))
     return out
 
 

@@ -210,18 +210,14 @@ def register() -> None:
 # ------------------------------------------------------------------------------------------ ranges
 def check_ranges(cfg: DictConfig) -> None:
     """Every value of the composed config within what its field allows (bounds, choices, non-empty)."""
-    _check(cfg, RootSchema, "")
+    check_node(cfg, RootSchema, "")
     source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) else None
     if source in DATA:
-        _check(cfg.data, DATA[source], "data.")
+        check_node(cfg.data, DATA[source], "data.")
 
 
 def check_node(node: DictConfig, schema: type, prefix: str) -> None:
     """One config node (e.g. `cfg.sweep`, prefix "sweep.") against its schema's ranges."""
-    _check(node, schema, prefix)
-
-
-def _check(node: DictConfig, schema: type, prefix: str) -> None:
     for f in fields(schema):
         if f.name not in node:
             continue
@@ -229,12 +225,12 @@ def _check(node: DictConfig, schema: type, prefix: str) -> None:
         name = f"{prefix}{f.name}"
         sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         if is_dataclass(sub) and isinstance(value, DictConfig):
-            _check(value, type(sub), f"{name}.")
+            check_node(value, type(sub), f"{name}.")
             continue
-        _check_value(name, value, f.metadata)
+        _value_in_range(name, value, f.metadata)
 
 
-def _check_value(name: str, value: Any, meta) -> None:
+def _value_in_range(name: str, value: Any, meta) -> None:
     if value is None or not meta:
         return
     values = list(value) if isinstance(value, (ListConfig, list, tuple)) else [value]
