@@ -22,7 +22,7 @@ from ..core.heads_file import FILE_NAME
 from ..core.names import SHARDABLE
 from ..core.paths import conf_dir
 from ..runtime.config import configure, resolved
-from ..runtime.progress import console_width
+from ..runtime.progress import console_width, log_every
 from ..runtime.runs import OPENED, unlock_run
 from .tables import console, show
 
@@ -101,6 +101,7 @@ def config_or_print(command: str, overrides: list[str] | None, print_cfg: bool, 
 
     cfg = configure(command, overrides, resume)
     check_known_values(cfg)
+    log_every()  # a bad MLLM_ARB_LOG_EVERY fails here, not once a run folder exists
     if print_cfg:
         console.print(OmegaConf.to_yaml(cfg), highlight=False, markup=False)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -9,6 +10,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from rich.console import Console
+
+from ..core.errors import UserError
 
 
 class Progress(Protocol):
@@ -24,6 +27,18 @@ def console_width() -> int | None:
     return None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 140
 
 
+def log_every() -> float:
+    """Seconds between progress lines in a log: `MLLM_ARB_LOG_EVERY` (default 30)."""
+    text = os.environ.get("MLLM_ARB_LOG_EVERY", "30")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"MLLM_ARB_LOG_EVERY={text!r}: give the seconds between progress lines, a number > 0")
+    return seconds
+
+
 class LogProgress:
     """Progress for logs (SLURM, nohup, CI: stderr is not a terminal, where a bar shows nothing until it
     ends): a line when a task starts, one every `every` seconds with done/total, elapsed and an estimate
@@ -31,7 +46,7 @@ class LogProgress:
 
     def __init__(self, stream=None, every: float | None = None, enabled: bool = True) -> None:
         self.stream = stream or sys.stderr
-        self.every = float(os.environ.get("MLLM_ARB_LOG_EVERY", 30)) if every is None else every
+        self.every = log_every() if every is None else every
         self.enabled = enabled
         self.tasks: dict[int, dict] = {}
         self.console = Console(file=self.stream, width=console_width())
@@ -78,7 +93,7 @@ def bars(enabled: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.progress import Progress as RichProgress
 
-    if not sys.stderr.isatty() and not os.environ.get("MLLM_ARB_BARS"):
+    if not sys.stderr.isatty():
         return LogProgress(enabled=enabled)
     return RichProgress(
         TextColumn("{task.description}"),

@@ -135,3 +135,10 @@ def test_progress_reaches_a_log_when_stderr_is_not_a_terminal():
     assert any("knockout: 2/4 (50%)" in ln and "left" in ln for ln in lines)
     assert lines[-1].split("] ", 1)[1].startswith("done: knockout in")
     assert len(lines) == 3
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "inf"])
+def test_a_bad_log_interval_is_one_line_before_any_folder(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MLLM_ARB_LOG_EVERY", value)
+    result = invoke("evaluate", "model=llava_tiny", "data.n_items=2", f"output_dir={tmp_path / 'out'}")
+    assert result.exit_code == 2 and "MLLM_ARB_LOG_EVERY" in result.output and not (tmp_path / "out").exists()
