@@ -5,9 +5,7 @@ ablate and amplify reuse rank-heads' heads.json."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,6 +18,7 @@ from ..core.verdicts import verdict_of
 from ..data.sources import build_items
 from ..report.html import write_report
 from ..runtime.config import resolved
+from ..runtime.progress import log_line
 from ..runtime.runs import RunDir
 from ..runtime.stage import StageResult
 from .heads.arms import check_split_sizes, split_items
@@ -55,7 +54,7 @@ class Children:
             return self.reused[command]
         root = self.parent.path
         done = len(self.stages)
-        print(f"[{datetime.now().strftime('%H:%M:%S')}] {self.parent.command}: stage {done + 1}, {command}", file=sys.stderr, flush=True)
+        log_line(f"{self.parent.command}: stage {done + 1}, {command}")
         with self.parent.timed(command):
             result = (fn or stage_function(command))(resolved(overrides))
         self.stages[command] = str(result.path.relative_to(root))

@@ -27,6 +27,11 @@ def console_width() -> int | None:
     return None if os.environ.get("COLUMNS") or sys.stdout.isatty() else 140
 
 
+def log_line(text: str, stream=None) -> None:
+    """One dated line on stderr (or `stream`), flushed at once: what a log keeps of a run's progress."""
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {text}", file=stream or sys.stderr, flush=True)
+
+
 def log_every() -> float:
     """Seconds between progress lines in a log: `MLLM_ARB_LOG_EVERY` (default 30)."""
     text = os.environ.get("MLLM_ARB_LOG_EVERY", "30")
@@ -59,7 +64,7 @@ class LogProgress:
 
     def _say(self, text: str) -> None:
         if self.enabled:
-            print(f"[{datetime.now().strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+            log_line(text, self.stream)
 
     def add_task(self, description: str, total: float | None = None) -> int:
         task = len(self.tasks)
