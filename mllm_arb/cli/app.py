@@ -128,7 +128,7 @@ def hydra_quoted(text: str) -> str:
     return re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
 
 
-def head_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=None, alphas=None) -> list[str]:
+def head_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=None, alphas=None, compare=False) -> list[str]:
     """The head commands' options as Hydra overrides, so they land in the saved config and its hash."""
     from ..pipeline.heads.methods import METHODS
 
@@ -153,6 +153,8 @@ def head_overrides(top_k=None, top_n=None, heads=None, from_run=None, method=Non
         if method not in METHODS:
             raise UserError(f"--method {method!r}: choose from {', '.join(METHODS)}")
         out.append(f"sweep.rank_method={method}")
+    if compare:
+        out.append(f"sweep.methods=[{','.join(METHODS)}]")
     if alphas:
         out.append(f"sweep.alphas=[{','.join(str(a) for a in alphas)}]")
     return out
@@ -212,13 +214,14 @@ def analyze_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PR
 @app.command("rank-heads")
 def rank_heads_cmd(
     method: Optional[str] = typer.Option(None, "--method", help="Ranking that heads.json keeps: ablation, attribution, hybrid, verified or dla."),
+    compare: bool = typer.Option(False, "--compare", help="Also compute every other ranking method and compare them (agreement, overlap of the top sets)."),
     overrides: Optional[list[str]] = OVERRIDES,
     print_cfg: bool = PRINT_CFG,
     resume: Optional[Path] = RESUME,
 ) -> None:
-    """Heads: score every attention head (ablation, attribution patching, DLA) and write heads.json."""
+    """Heads: score every attention head with the ranking method (exact ablation by default) and write heads.json."""
     with user_errors():
-        run_stage("rank-heads", [*(overrides or []), *head_overrides(method=method)], print_cfg, resume)
+        run_stage("rank-heads", [*(overrides or []), *head_overrides(method=method, compare=compare)], print_cfg, resume)
 
 
 @app.command("ablate")

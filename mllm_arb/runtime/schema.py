@@ -136,7 +136,7 @@ class AnalysisSchema:
 # ------------------------------------------------------------------------------------------ sweep
 @dataclass
 class SweepSchema:
-    methods: list[str] = key(nonempty=True)
+    methods: list[str] = key()
     rank_method: str = key()
     rank_by: str = key()
     rank_fraction: float = key(above=0, max=0.999999)

@@ -169,23 +169,37 @@ SMALL = ["model=llava_tiny", "data.n_items=8", "sweep.min_split_items=2", "sweep
          "sweep.ks=[0.1,0.25]", "sweep.alphas=[1,4]", "scoring.n_boot=50", "batch_size=8"]
 
 
+def test_rank_heads_compares_methods_only_when_asked():
+    """The fast ranking stays fast: `--method attribution` computes attribution alone; `--compare` adds every method."""
+    import yaml
+
+    def methods(*args):
+        result = invoke("rank-heads", *args, "model=llava_tiny", "--cfg")
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load(result.output)["sweep"]["methods"]
+
+    assert methods("--method", "attribution") == []
+    assert methods("--compare") == ["ablation", "attribution", "hybrid", "verified", "dla"]
+    assert SweepConfig.from_cfg(_sweep_cfg(methods=[], rank_method="attribution")).methods == ("attribution",)
+
+
 def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     out = tmp_path / "out"
     result = invoke("rank-heads", *SMALL, f"output_dir={out}")
     assert result.exit_code == 0, result.output
     ranked = only_run(out, "rank-heads")
     res = json.loads((ranked / "results.json").read_text())
-    assert set(res["scores"]) == {"ablation", "attribution", "dla"}
-    assert set(res["scores"]["dla"]) == {"text_following", "vision_following", "pooled"}
+    assert set(res["scores"]) == {"ablation"}  # the ranking method alone unless --compare
+    assert set(res["scores"]["ablation"]) == {"text_following", "vision_following", "pooled"}
     assert len(res["scores"]["ablation"]["pooled"]) == 2 and len(res["scores"]["ablation"]["pooled"][0]) == 4
-    assert set(res["agreement"]) == {"ablation~attribution", "ablation~dla", "attribution~dla"}
+    assert not res.get("agreement")
     head_set = read_head_set(ranked)
     assert head_set.method == "ablation" and len(head_set.heads) == 1 and len(head_set.ranking) == 8
     assert len(head_set.rank_items) == 4
     rows = pq.read_table(ranked / "scores.parquet").to_pylist()
-    assert len(rows) == 3 * 8 * 8  # methods × ranking samples (4 items × 2 settings) × heads
-    for stem in ("scores_ablation", "scores_attribution", "scores_dla", "method_agreement"):
-        assert (ranked / "plots" / f"{stem}.png").stat().st_size > 5000
+    assert len(rows) == 8 * 8  # ranking samples (4 items × 2 settings) × heads
+    assert (ranked / "plots" / "scores_ablation.png").stat().st_size > 5000
+    assert not (ranked / "plots" / "method_agreement.png").exists()
 
     result = invoke("ablate", "--from", str(ranked), "--top-n", "2", *SMALL, f"output_dir={out}")
     assert result.exit_code == 0, result.output
