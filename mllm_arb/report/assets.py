@@ -51,14 +51,21 @@ dl.facts { display: grid; grid-template-columns: minmax(8rem, max-content) 1fr; 
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 @media (max-width: 32rem) { dl.facts { grid-template-columns: 1fr; } dl.facts dd { margin-bottom: 0.4rem; } }
-.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 30rem), 1fr)); gap: 1rem 1.5rem; }
+.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 46rem), 1fr)); gap: 1rem 1.5rem; }
 figure { margin: 1rem 0; min-width: 0; }
-figure img { display: block; width: 100%; max-width: 100%; height: auto; background: var(--paper); border: 1px solid var(--line); border-radius: 6px; padding: 4px; }
-figure.narrow img { max-width: 44rem; }
+figure img { display: block; width: auto; max-width: 100%; height: auto; background: var(--paper); border: 1px solid var(--line); border-radius: 6px; padding: 4px; }
+figure.narrow img { max-width: min(100%, 44rem); }
 .figs figure.wide { grid-column: 1 / -1; }
 figure.wide img { max-width: min(100%, 68rem); }
 figcaption { font-size: 0.92rem; margin-top: 0.35rem; }
-.table-wrap { overflow-x: auto; margin: 0.5rem 0 1rem; -webkit-overflow-scrolling: touch; }
+.table-wrap { overflow-x: auto; margin: 0.5rem 0 1rem; -webkit-overflow-scrolling: touch; position: relative;
+  /* shadows at an edge with more columns behind it: they scroll away with the content at its ends */
+  background: linear-gradient(to right, var(--bg) 30%, transparent) left / 2.5rem 100% no-repeat local,
+    linear-gradient(to left, var(--bg) 30%, transparent) right / 2.5rem 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, rgba(0,0,0,.22), transparent) left / 0.9rem 100% no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, rgba(0,0,0,.22), transparent) right / 0.9rem 100% no-repeat scroll; }
+.table-wrap.overflows::after { content: "\2194  scroll sideways for more columns"; display: block; position: sticky; left: 0;
+  color: var(--muted); font-size: 0.85rem; padding-top: 0.2rem; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; font-size: 0.95rem; }
 caption { text-align: left; color: var(--muted); padding: 0 0 0.35rem; font-size: 0.92rem; }
 th, td { padding: 0.35rem 0.6rem; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
@@ -73,6 +80,7 @@ th[aria-sort="descending"] button::after { content: "\25BC"; color: var(--fg); }
 .no { background: var(--bad-bg); color: var(--bad); }
 .na { background: var(--na-bg); color: var(--na); }
 .off { background: var(--line); color: var(--muted); }
+span.none { color: var(--muted); cursor: help; }
 details { margin: 0.5rem 0; }
 summary { cursor: pointer; color: var(--accent); }
 footer { color: var(--muted); font-size: 0.85rem; margin-top: 3rem; border-top: 1px solid var(--line); padding-top: 0.75rem; }
@@ -94,6 +102,14 @@ JS = r"""
     if (typeof y === "number") return 1;
     return x < y ? -1 : x > y ? 1 : 0;
   }
+  // a table wider than its column says so under it (and loses the note when the window grows)
+  function mark() {
+    document.querySelectorAll(".table-wrap").forEach(function (w) {
+      w.classList.toggle("overflows", w.scrollWidth > w.clientWidth + 1);
+    });
+  }
+  mark();
+  window.addEventListener("resize", mark);
   document.querySelectorAll("table.sortable").forEach(function (table) {
     var heads = table.tHead ? table.tHead.rows[0].cells : [];
     Array.prototype.forEach.call(heads, function (th, col) {

@@ -59,7 +59,9 @@ PROBE = r"""
     const img = f.querySelector("img, svg");
     const r = img ? img.getBoundingClientRect() : { width: 0, height: 0 };
     const cap = f.querySelector("figcaption");
+    const pt = img ? Number(img.getAttribute("data-font-pt")) : 0, wpt = img ? Number(img.getAttribute("data-width-pt")) : 0;
     return {
+      font_px: pt && wpt ? pt * r.width / wpt : null,
       name: f.getAttribute("data-figure") || f.id,
       width: r.width, height: r.height,
       loaded: !!img && (img.tagName.toLowerCase() !== "img" || (img.complete && img.naturalWidth > 0)),
@@ -75,6 +77,20 @@ PROBE = r"""
     scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, scrollHeight: doc.scrollHeight,
     background: getComputedStyle(document.body).backgroundColor,
     sortable: document.querySelectorAll("table.sortable").length,
+    blank_cells: Array.from(document.querySelectorAll("main td")).filter((td) => {
+      const t = td.textContent.trim();
+      return t === "" || t === "n/a" || t === "nan" || t === "NaN";
+    }).map((td) => {
+      const table = td.closest("table"), section = td.closest("section");
+      const head = table && table.tHead ? table.tHead.rows[0].cells[td.cellIndex] : null;
+      const row = td.parentElement.cells[0];
+      return `${section ? section.id : "?"} / ${table && table.caption ? table.caption.textContent.trim().slice(0, 40) : "table"} / ` +
+        `${row ? row.textContent.trim().slice(0, 30) : "?"} / ${head ? head.textContent.trim() : td.cellIndex}: "${td.textContent.trim()}"`;
+    }),
+    tables: Array.from(document.querySelectorAll(".table-wrap")).map((w) => ({
+      overflows: w.scrollWidth > w.clientWidth + 1, scrolls: getComputedStyle(w).overflowX === "auto",
+      cue: w.classList.contains("overflows") && getComputedStyle(w, "::after").content.includes("scroll"),
+    })),
     external: Array.from(document.querySelectorAll("[src],[href]")).map((e) => e.getAttribute("src") || e.getAttribute("href"))
       .filter((u) => u && !u.startsWith("data:") && !u.startsWith("#")),
   };
@@ -311,6 +327,7 @@ def check_page(path: Path, width: int = 1280, height: int = 2000, phone_width: i
         out.dark_background = b.evaluate("getComputedStyle(document.body).backgroundColor")
         b.page("Emulation.setEmulatedMedia", features=[])
         b.set_width(phone_width, 844, mobile=True)
+        b.evaluate("new Promise((r) => requestAnimationFrame(() => setTimeout(r, 50)))")  # the page's resize handlers run
         out.phone = b.evaluate(PROBE)
         b.evaluate("new Promise((r) => setTimeout(r, 50))")  # let late console messages arrive
         out.console_errors, out.requests = console_errors(b.events)
@@ -319,9 +336,9 @@ def check_page(path: Path, width: int = 1280, height: int = 2000, phone_width: i
 
 
 def screenshot_report(path: Path, target: Path | None = None, width: int = 1280, height: int = 2000) -> tuple[Path, PageCheck]:
-    """Check a report in the browser and save its first screen (laptop width) as a PNG beside it."""
+    """Check a report in the browser and save the whole page (laptop width) as a PNG beside it."""
     from .html import write_page
 
     path = Path(path)
-    check = check_page(path, width, height)
+    check = check_page(path, width, height, full_page=True)
     return write_page(Path(target) if target else path.with_suffix(".png"), check.screenshot), check

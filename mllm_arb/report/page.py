@@ -82,6 +82,12 @@ class Cell:
     numeric: bool = False
 
 
+def na(reason: str) -> Cell:
+    """A cell the run has no value for, by design, saying why (on hover and to screen readers). Missing
+    values that are *not* by design stay blank or "n/a", so a test can tell them apart."""
+    return Cell(f'<span class="none" title="{esc(reason)}" aria-label="{esc(reason)}">—</span>', "")
+
+
 def cell(x: Any, digits: int = 3, signed: bool = False) -> Cell:
     if finite(x):
         return Cell(esc(num(x, digits, signed)), x, True)
@@ -137,6 +143,14 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return w, h
 
 
+def _font_pt(data: bytes) -> float | None:
+    """The smallest font size a figure file was drawn with (`plots.save` / `page_figures.to_svg` write it)."""
+    from .plots import FONT_TAG
+
+    m = re.search(re.escape(FONT_TAG).encode() + rb"[\x00=]([\d.]+)", data[:20000])
+    return float(m.group(1)) if m else None
+
+
 @dataclass
 class Page:
     """A report page being assembled: numbered figures, sections and their table of contents."""
@@ -151,6 +165,11 @@ class Page:
         if mime == "image/png" and size:  # written at 150 dpi: show at about its drawn size
             size = (round(size[0] * 96 / 150), round(size[1] * 96 / 150))
         dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+        font = _font_pt(data)
+        # the drawn width in points (96 px per 72 pt) and the smallest font: the browser check turns
+        # them into the smallest text size as rendered
+        if font and size:
+            dims += f' data-font-pt="{font:g}" data-width-pt="{size[0] * 0.75:g}"'
         uri = f"data:{mime};base64,{base64.b64encode(data).decode()}"
         wide = size is not None and size[0] > 860  # drawn wide (several panels): give it the full column
         cls = ' class="narrow"' if narrow else ' class="wide"' if wide else ""

@@ -16,9 +16,12 @@ COLOURS = plt.get_cmap("tab10").colors
 
 
 def to_svg(fig) -> bytes:
+    from .plots import FONT_TAG, tidy
+
     buf = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "mllm-arb", "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "mllm-arb"})
+        tag = f"{FONT_TAG}={tidy(fig):g}"
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "mllm-arb", "Description": tag})
     plt.close(fig)
     return buf.getvalue()
 

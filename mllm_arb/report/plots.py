@@ -12,14 +12,63 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 EDGE_COLOURS = plt.get_cmap("tab10").colors
+#: no text in a figure is drawn smaller: the report shows figures at 1.33 px per point or more, so
+#: this is at least 10 px on the page (tests/report/test_browser.py measures it)
+MIN_FONT_PT = 8.0
+#: where a figure's smallest font size is written into its file, for the report to measure
+FONT_TAG = "mllm-arb font-pt"
+
+
+def _texts(fig):
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def _overlapping(labels, renderer) -> bool:
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def tidy(fig) -> float:
+    """Make a figure legible before it is written: no text below `MIN_FONT_PT`, and on every axis
+    (colour bars included) tick labels that would overlap are thinned to every second one until none
+    do. Returns the smallest font size left, in points."""
+    for t in _texts(fig):
+        if t.get_fontsize() < MIN_FONT_PT:
+            t.set_fontsize(MIN_FONT_PT)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+            while len(labels) > 1 and _overlapping(labels, renderer):
+                for t in labels[1::2]:
+                    t.set_visible(False)
+                labels = labels[::2]
+    return min((t.get_fontsize() for t in _texts(fig)), default=MIN_FONT_PT)
+
+
+def overlapping_ticks(fig) -> list[str]:
+    """Axes whose visible tick labels overlap (what `tidy` removes; the tests check figures with it)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for k, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+            if _overlapping(labels, renderer):
+                out.append(f"axes {k} {name}")
+    return out
 
 
 def save(fig, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{FONT_TAG}={tidy(fig):g}"
     paths = []
     for ext in ("png", "svg"):
         path = folder / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Description": tag} if ext == "svg" else {"Comment": tag})
         paths.append(path)
     plt.close(fig)
     return paths

@@ -1,6 +1,7 @@
 """`mllm-arb report`: the page of one study and the comparison of models, checked as HTML and in a real
 browser (headless Chromium, skipped only where it is not installed)."""
 
+import io
 import json
 import os
 import re
@@ -226,7 +227,7 @@ def test_head_sections_show_heatmaps_top_k_blocking_and_amplification(study, hea
     assert "scores_ablation" in section["heads"] and "method_agreement" in section["heads"]
     heads = json.loads((head_runs["rank-heads"] / "results.json").read_text())["heads"]
     for l, h in heads:  # the top-k list marks the selected heads
-        assert re.search(rf"<td[^>]*>{l}\.{h}</td><td[^>]*>selected</td>", section["heads"])
+        assert re.search(rf"<td[^>]*>{l}\.{h}</td><td[^>]*>yes</td>", section["heads"])
     assert "Spearman" in section["heads"]
     assert "dose_response" in section["blocking"] and "random" in section["blocking"] and "Dose–response table" in section["blocking"]
     assert "amplification" in section["amplification"] and "(best)" in section["amplification"]
@@ -340,7 +341,53 @@ def test_report_screenshot_option(chromium, study, tmp_path):
     result = invoke("report", str(ev), str(an), "--out", str(tmp_path / "page.html"), "--screenshot")
     assert result.exit_code == 0, result.output
     assert re.search(r"\b0\s+console\s+errors", result.output)
-    assert Image.open(tmp_path / "page.png").size == (1280, 2000)
+    width, height = Image.open(tmp_path / "page.png").size  # the whole page, not its first screen
+    assert width == 1280 and height > 2000
+
+
+def test_a_real_run_reads_well_in_the_browser(chromium, tmp_path):
+    """The report of a real `mllm-arb run` (the organism where it is shipped), opened in Chromium: no cell
+    the run has data for is blank or "n/a" (a cell without a value by design says why), every figure's
+    smallest text is at least 10 px as rendered, and a table wider than a phone's screen scrolls with a
+    visible cue."""
+    if (CHECKPOINT_DIR / "config.json").exists():
+        model = ["model=organism", "data.n_items=16", "analysis.max_items=8", "batch_size=16"]
+    else:
+        model = ["model=llava_tiny", "data=jsonl", f"data.path={write_items(tmp_path / 'data', conflict_items(8))}", "batch_size=8", EDGES]
+    out = tmp_path / "out"
+    result = invoke("run", *model, f"output_dir={out}", "sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.05]",
+                    "sweep.alphas=[2,5]", "scoring.n_boot=100")
+    assert result.exit_code == 0, result.output
+    page = only_run(out, "run") / "report.html"
+    check = check_page(page, width=1280, height=2000, phone_width=390, full_page=True, binary=chromium)
+    assert check.console_errors == []
+    assert check.desktop["blank_cells"] == [], "\n".join(check.desktop["blank_cells"])
+    small = {f["name"]: round(f["font_px"], 1) for f in check.desktop["figures"] if f["font_px"] is None or f["font_px"] < 10}
+    assert not small, f"figure text under 10 px as rendered: {small}"
+    assert check.phone["scrollWidth"] <= check.phone["clientWidth"] + 1
+    wide = [t for t in check.phone["tables"] if t["overflows"]]
+    assert wide and all(t["scrolls"] and t["cue"] for t in wide)
+    assert all(not t["cue"] for t in check.desktop["tables"] if not t["overflows"])
+    assert Image.open(io.BytesIO(check.screenshot)).size == (1280, check.desktop["scrollHeight"])
+
+
+def test_figures_are_tidied_before_they_are_written():
+    """`plots.tidy`: no text under the minimum size, and tick labels that would overlap (a symlog colour
+    bar's crowd of ticks near zero) thinned until none do."""
+    import numpy as np
+    from matplotlib.colors import SymLogNorm
+
+    from mllm_arb.report.plots import MIN_FONT_PT, overlapping_ticks, plt, tidy
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    im = ax.imshow(np.linspace(-50, 50, 64).reshape(8, 8), norm=SymLogNorm(linthresh=0.05, vmin=-50, vmax=50), cmap="RdBu_r")
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_ticks(np.concatenate([-np.logspace(-2, 1.7, 12), np.logspace(-2, 1.7, 12)]))
+    ax.set_title("tiny", fontsize=5)
+    assert overlapping_ticks(fig)
+    assert tidy(fig) == MIN_FONT_PT
+    assert overlapping_ticks(fig) == []
+    plt.close(fig)
 
 
 @pytest.mark.slow
