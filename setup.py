@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["mllm_arb", "mllm_arb.*"]) + conf_packages,
     package_dir={"mllm_arb.conf": "conf"},
     package_data={
-        "mllm_arb": ["organism/checkpoint/*", "organism/anchor/*"],
+        "mllm_arb": ["organism/checkpoint/*", "organism/anchor/*", "report/templates/*"],
         **{name: ["*.yaml"] for name in conf_packages},
     },
 )

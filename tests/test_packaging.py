@@ -33,6 +33,8 @@ def test_the_wheel_carries_the_configuration_and_the_organisms(wheel):
         for f in ("config.json", "model.safetensors", "MODEL_CARD.md"):
             assert f"mllm_arb/organism/{folder}/{f}" in names
     assert "mllm_arb/organism/anchor/ground_truth.json" in names
+    for f in ("page.html.jinja", "report.css", "report.js"):  # the report page's shell
+        assert f"mllm_arb/report/templates/{f}" in names
 
 
 def test_an_installed_wheel_composes_its_config_from_any_folder(wheel, tmp_path):

@@ -1,6 +1,6 @@
 """The building blocks of a report page: number formatting, sortable tables, embedded figures with
-numbered captions, the page shell (inline style sheet and script, a Content-Security-Policy that
-forbids any fetch), and writing the file."""
+numbered captions, the page shell (`templates/page.html.jinja` with its inline style sheet and script,
+and a Content-Security-Policy that forbids any fetch), and writing the file."""
 
 from __future__ import annotations
 
@@ -16,10 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
+
 from ..core import verdicts as V
 from ..core.files import atomic_write_bytes
-from .assets import CSS, JS
 from .study import finite
+
+#: section bodies are built as HTML by the report's own code (every value escaped there); the shell
+#: escapes what it fills in itself (the title, headings)
+TEMPLATES = Environment(loader=PackageLoader("mllm_arb.report", "templates"), autoescape=True, keep_trailing_newline=True)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -190,22 +196,11 @@ class Page:
         self.sections.append((sid, heading, body))
 
     def render(self, intro: str, footer: str) -> str:
-        toc = "".join(f'<li><a href="#{sid}">{esc(h)}</a></li>' for sid, h, _ in self.sections)
-        body = "".join(f'<section id="{sid}" aria-labelledby="{sid}-h"><h2 id="{sid}-h">{esc(h)}</h2>{b}</section>' for sid, h, b in self.sections)
-        return (
-            "<!DOCTYPE html>\n"
-            '<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            '<meta name="color-scheme" content="light dark">'
-            '<meta name="generator" content="mllm-arb">'
-            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
-            '<a class="skip" href="#main">Skip to the report</a>'
-            f'<header class="top"><h1>{esc(self.title)}</h1>{intro}'
-            f'<nav class="toc" aria-label="Sections"><ol>{toc}</ol></nav></header>'
-            f'<main id="main">{body}<footer>{footer}</footer></main>'
-            f"<script>{JS}</script></body></html>\n"
-        )
+        asset = lambda name: Markup(TEMPLATES.loader.get_source(TEMPLATES, name)[0])  # noqa: E731
+        sections = [{"id": sid, "heading": h, "body": Markup(b)} for sid, h, b in self.sections]
+        return TEMPLATES.get_template("page.html.jinja").render(
+            csp=Markup(CSP), title=self.title, intro=Markup(intro), footer=Markup(footer), sections=sections,
+            css=asset("report.css"), js=asset("report.js"))
 
 
 def absent(stage: str, what: str) -> str:
