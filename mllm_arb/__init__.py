@@ -7,3 +7,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """The Python API (`mllm_arb.api`: load, conflict_items, conflict_batch, log_odds, knock_out,
+    edit_heads, lens, ...), imported on first use so that `mllm-arb --help` does not load torch."""
+    import importlib
+
+    if name == "api":  # a submodule being imported, not an API name
+        raise AttributeError(name)
+    api = importlib.import_module("mllm_arb.api")
+    if name in api.__all__:
+        return getattr(api, name)
+    raise AttributeError(f"module 'mllm_arb' has no attribute {name!r}")

@@ -11,7 +11,7 @@ import mllm_arb
 
 PACKAGE = Path(mllm_arb.__file__).resolve().parent
 #: bottom to top: a layer may import the ones before it (README, "Layout")
-LAYERS = ("core", "data", "models", "interventions", "report", "runtime", "pipeline", "organism", "cli")
+LAYERS = ("core", "data", "models", "interventions", "report", "runtime", "pipeline", "organism", "api", "cli")
 
 
 def _modules() -> dict[str, Path]:
