@@ -189,6 +189,7 @@ class RootSchema:
     seed: int = key()
     batch_size: int = key(min=1)
     output_dir: str = key()
+    keep_partial: bool = key()
     conditions: list[str] = key(nonempty=True)
     build_data: BuildData = field(default_factory=BuildData)
     scoring: Scoring = field(default_factory=Scoring)

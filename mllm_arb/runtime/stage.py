@@ -9,6 +9,8 @@ then calls `Stage.open`, `Stage.map_units` once per kind of work, and `Stage.fin
 
 from __future__ import annotations
 
+import shutil
+
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from .progress import Progress, bars
 from .ranks import Ranks
 from .resume import saved_units
 from .runs import OPENED, RunDir, lock_run, unlock_run
-from .units import UnitStore, drop_interrupted_writes, load_units, run_units, stage_store
+from .units import FOLDER, UnitStore, drop_interrupted_writes, load_units, run_units, stage_store
 
 
 @dataclass
@@ -166,6 +168,9 @@ class Stage:
                 figures(results, self.run.file("plots"), title)
         self.run.write_json("results.json", results)
         unlock_run(self.run.path)  # complete: nothing left to resume
+        if not self.cfg.get("keep_partial", False):
+            # the tables now hold every saved batch's rows, and a complete run is never resumed
+            shutil.rmtree(self.run.path / FOLDER, ignore_errors=True)
         return StageResult(self.command, self.run.path, results, title, dict(files or {}), extra=extra)
 
     def result(self) -> StageResult:

@@ -48,13 +48,14 @@ def snapshot(folder):
 
 # a blocking sweep small enough for a test: 2 random sets, one dose point, one control
 SWEEP = ["sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
-CASES = {  # the evaluate and ablate runs resume in one process, the analyze run under torchrun with two
-    "evaluate": (["evaluate", "model=llava_tiny", "data.n_items=30", "batch_size=1", "conditions=[text_following,vision_following]"],
+CASES = {  # the evaluate and ablate runs resume in one process, the analyze run under torchrun with two;
+    # keep_partial: the test compares the saved batches before and after (a complete run deletes them)
+    "evaluate": (["evaluate", "keep_partial=true", "model=llava_tiny", "data.n_items=30", "batch_size=1", "conditions=[text_following,vision_following]"],
                  "score", ["samples.parquet"], ["results.json"], 1),
     # ablate ranks its heads first (partial/rank-ablation/), then blocks them batch by batch (partial/ablate/)
-    "ablate": (["ablate", "model=llava_tiny", "data.n_items=12", "batch_size=1", *SWEEP],
+    "ablate": (["ablate", "keep_partial=true", "model=llava_tiny", "data.n_items=12", "batch_size=1", *SWEEP],
                "ablate", ["samples.parquet", "scores.parquet"], ["results.json", "heads.json"], 1),
-    "analyze": (["analyze", "model=llava_tiny", "data.n_items=10", "batch_size=1", "analysis.edges=[image:last,context:last]"],
+    "analyze": (["analyze", "keep_partial=true", "model=llava_tiny", "data.n_items=10", "batch_size=1", "analysis.edges=[image:last,context:last]"],
                 "knockout", ["knockout.parquet", "lens.parquet"], ["results.json", "findings.json"], 2),
 }
 
@@ -89,6 +90,19 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(command, tmp_path):
         assert pq.read_table(run / table).to_pylist() == pq.read_table(whole / table).to_pylist(), table
     for name in jsons:
         assert json.loads((run / name).read_text()) == json.loads((whole / name).read_text()), name
+
+
+def test_a_complete_run_folds_its_saved_batches_into_its_tables(tmp_path):
+    """Once the tables and results.json are written, partial/ goes (a complete run is never resumed);
+    the manifest still says how many batches were computed."""
+    args = ["evaluate", "model=llava_tiny", "data.n_items=6", "batch_size=2", "conditions=[text_following]"]
+    assert invoke(*args, f"output_dir={tmp_path / 'a'}").exit_code == 0
+    assert invoke(*args, "keep_partial=true", f"output_dir={tmp_path / 'b'}").exit_code == 0
+    folded, kept = only_run(tmp_path / "a", "evaluate"), only_run(tmp_path / "b", "evaluate")
+    assert not (folded / "partial").exists() and len(list((kept / "partial" / "score").glob("*.json"))) == 3
+    assert json.loads((folded / "manifest.json").read_text())["batches"]["score"]["computed"] == 3
+    rows = [r for p in sorted((kept / "partial" / "score").glob("*.json")) for r in json.loads(p.read_text())["rows"]]
+    assert pq.read_table(folded / "samples.parquet").to_pylist() == rows
 
 
 def unfinished_run(tmp_path, overrides):
@@ -142,7 +156,7 @@ def test_rank_heads_resumes_from_the_batches_a_crash_left(tmp_path):
     directory: resuming it recomputes only the missing batches and ends with the same ranking."""
     import shutil
 
-    args = ["rank-heads", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.methods=[attribution,dla]"]
+    args = ["rank-heads", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.methods=[attribution,dla]", "keep_partial=true"]
     assert invoke(*args, f"output_dir={tmp_path / 'out'}").exit_code == 0
     whole = only_run(tmp_path / "out", "rank-heads")
     crashed = tmp_path / "moved" / whole.name  # a run directory keeps its identity wherever it lies
@@ -166,7 +180,7 @@ def test_amplify_resumes_both_sweeps_from_the_batches_a_crash_left(tmp_path):
     their saved batches: a crash's leftovers, rebuilt from an uninterrupted run, end in the same run."""
     import shutil
 
-    args = ["amplify", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.alphas=[1,4]", *SWEEP]
+    args = ["amplify", "model=llava_tiny", "data.n_items=8", "batch_size=2", "sweep.alphas=[1,4]", *SWEEP, "keep_partial=true"]
     assert one_thread_invoke(*args, f"output_dir={tmp_path / 'out'}").exit_code == 0
     whole = only_run(tmp_path / "out", "amplify")
     crashed = tmp_path / "moved" / whole.name
@@ -195,7 +209,7 @@ def test_resume_refuses_a_heads_file_edited_since_the_run_started(tmp_path):
 
     from ..conftest import invoke as cli_invoke, only_run as only
 
-    base = ["model=llava_tiny", "data.n_items=12", "batch_size=2"]
+    base = ["model=llava_tiny", "data.n_items=12", "batch_size=2", "keep_partial=true"]
     sweep = ["sweep.n_random=2", "sweep.n_random_dose=2", "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
     out = tmp_path / "out"
     assert cli_invoke("rank-heads", *base, "sweep.methods=[dla]", f"output_dir={out}").exit_code == 0

@@ -18,7 +18,7 @@ from ..conftest import invoke, one_thread_invoke, only_run, torchrun, unit_ranks
 TABLES = {"evaluate": ["samples.parquet"], "rank-heads": ["scores.parquet"],
           "ablate": ["samples.parquet", "scores.parquet"]}  # ablate ranks its heads itself, then blocks them
 # one set of overrides serves every command (each reads only its own keys)
-ARGS = ["model=llava_tiny", "batch_size=2", "data.n_items=8", "scoring.generate_tokens=1",
+ARGS = ["model=llava_tiny", "batch_size=2", "data.n_items=8", "scoring.generate_tokens=1", "keep_partial=true",
         "sweep.methods=[attribution,dla]", "sweep.ablation=mean", "sweep.n_random=2", "sweep.n_random_dose=2",
         "sweep.ks=[0.25]", "sweep.controls=[image_only]", "scoring.n_boot=50"]
 # every command in one torchrun launch, to pay the start-up once
