@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install analyze test bench clean browser
+.PHONY: install analyze test bench timings clean browser
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): a virtual environment, torch 2.13.0 (CPU build), then mllm-arb with its dev extra (a few minutes, once)"
@@ -30,7 +30,11 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
 
-# headless Chromium for the report's browser test (tests/test_report.py); best effort: where it cannot
+# the wall times the docs quote, in one go, into docs/timings.md (benchmarks/timings.py); about 15 min on 2 idle cores
+timings: $(STAMP) browser
+	$(BIN)/python -m benchmarks.timings
+
+# headless Chromium for the report's browser tests (tests/report/test_report.py); best effort: where it cannot
 # be installed (no apt-get, no root or password-less sudo) that test is skipped and says why
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
