@@ -5,6 +5,9 @@ shipped beside the weights.
 The route (docs/ground-truth.md) holds on *instructed* prompts (text following, vision following):
 - transfer: in the first half of the layers, instruction positions read image and context positions
   only through the transfer heads; in the second half not at all;
+- relay (optional): in the first half, instruction positions read other instruction positions only
+  through the relay heads and the transfer heads (the instruction's words reach its last token, the
+  anchor, through planted heads too); in the second half freely;
 - arbitration: in the second half, the last position reads the instruction positions only through the
   arbitration heads; in the first half not at all;
 - no bypass: the context never reads the image, and every position after the instruction (question,
@@ -60,6 +63,8 @@ class GroundTruth:
     n_heads: int
     transfer_heads: tuple[Head, ...]
     arbitration_heads: tuple[Head, ...]
+    #: heads through which instruction positions read each other in the first half (empty: no relay rule)
+    relay_heads: tuple[Head, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_layers < 2 or self.n_heads < 1:
@@ -74,6 +79,13 @@ class GroundTruth:
                     )
             if len(set(heads)) != len(heads):
                 raise UserError(f"ground truth: a {kind} head is named twice")
+        for layer, head in self.relay_heads:
+            if layer not in self.shallow or not 0 <= head < self.n_heads:
+                raise UserError(
+                    f"ground truth: relay head L{layer}H{head} is not a head of layers {self.shallow[0]}–{self.shallow[-1]} × heads 0–{self.n_heads - 1}"
+                )
+        if len(set(self.relay_heads)) != len(self.relay_heads) or set(self.relay_heads) & set(self.transfer_heads):
+            raise UserError("ground truth: a relay head is named twice or is also a transfer head")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -86,21 +98,30 @@ class GroundTruth:
 
     @property
     def planted_heads(self) -> tuple[Head, ...]:
-        return self.transfer_heads + self.arbitration_heads
+        return self.transfer_heads + self.relay_heads + self.arbitration_heads
+
+    @property
+    def relay_layers(self) -> tuple[int, ...]:
+        """The layers where the relay rule closes instruction→instruction reads (none without relay heads)."""
+        return self.shallow if self.relay_heads else ()
 
     def planted_edges(self) -> list[Edge]:
         """The edges the route runs through, with the layers and heads that carry them."""
         t_layers = tuple(sorted({l for l, _ in self.transfer_heads}))
         a_layers = tuple(sorted({l for l, _ in self.arbitration_heads}))
-        return [
+        edges = [
             Edge("image", "instruction", t_layers, self.transfer_heads, "vision_following"),
             Edge("context", "instruction", t_layers, self.transfer_heads, "text_following"),
-            Edge("instruction", "last", a_layers, self.arbitration_heads, "both"),
         ]
+        if self.relay_heads:
+            r_layers = tuple(sorted({l for l, _ in self.relay_heads}))
+            edges.append(Edge("instruction", "instruction", r_layers, self.relay_heads, "both"))
+        return edges + [Edge("instruction", "last", a_layers, self.arbitration_heads, "both")]
 
     def forbidden_edges(self) -> list[Edge]:
         """The edges closed in every head of the layers named (an edge open through a planted head in
-        some layers is closed in the others)."""
+        some layers is closed in the others). The relay rule closes instruction→instruction in some heads
+        of a layer only, so it is no edge here: `relay_layers` and `relay_heads` say where."""
         every = tuple(range(self.n_layers))
         edges = [Edge("image", "context", every)]
         edges += [Edge(src, "instruction", self.deep) for src in SOURCES]
@@ -123,6 +144,7 @@ class GroundTruth:
             "governs": list(GOVERNED),
             "transfer_heads": [list(h) for h in self.transfer_heads],
             "arbitration_heads": [list(h) for h in self.arbitration_heads],
+            "relay_heads": [list(h) for h in self.relay_heads],
             "shallow_layers": list(self.shallow),
             "deep_layers": list(self.deep),
             "planted_edges": [e.to_dict() for e in self.planted_edges()],
@@ -146,12 +168,16 @@ class GroundTruth:
             n_layers, n_heads = _int(data["n_layers"]), _int(data["n_heads"])
             transfer = tuple(_head(h) for h in data["transfer_heads"])
             arbitration = tuple(_head(h) for h in data["arbitration_heads"])
+            relay = data.get("relay_heads", [])  # optional: files written before the relay rule have none
+            if not isinstance(relay, list):
+                raise ValueError(f"relay_heads must be a list of [layer, head], not {relay!r}")
+            relay = tuple(_head(h) for h in relay)
         except KeyError as exc:
             raise UserError(f"{where}: missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: {exc}") from None
         try:
-            return cls(n_layers, n_heads, transfer, arbitration)
+            return cls(n_layers, n_heads, transfer, arbitration, relay)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
 

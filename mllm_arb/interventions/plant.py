@@ -35,6 +35,8 @@ def route_blocks(batch: Batch, truth: GroundTruth) -> dict[int, torch.Tensor]:
     always = _pairs(g["context"], g["image"]) | _pairs(after, sources | g["instruction"]) | _pairs(g["last"], sources)
     transfer = _pairs(g["instruction"], sources)
     arbitration = _pairs(g["last"], g["instruction"])
+    relay = _pairs(g["instruction"], g["instruction"])
+    relayed = set(truth.relay_heads) | set(truth.transfer_heads)
     n_rows, n_tok = g["last"].shape
     keep = ~torch.eye(n_tok, dtype=torch.bool, device=always.device)
     instructed = instructed[:, :, None]
@@ -47,6 +49,8 @@ def route_blocks(batch: Batch, truth: GroundTruth) -> dict[int, torch.Tensor]:
                 block[:, head] |= transfer
             if shallow or (layer, head) not in truth.arbitration_heads:
                 block[:, head] |= arbitration
+            if layer in truth.relay_layers and (layer, head) not in relayed:
+                block[:, head] |= relay
         blocks[layer] = block & keep & instructed[:, None]
     return blocks
 

@@ -46,6 +46,16 @@ FAILED_ATTEMPTS = [
     "steps the restricted instructed losses were 1.06 (text) and 0.96 (vision), against 0.08 and 0.52 for the recipe at step "
     "300 and 0.02 and 0.22 at step 400, and "
     "held-out text following was 0.41. Stopped.",
+    "The recipe without a relay rule (600 steps, penalty weight 3), shipped before the relay: behaviour equal to the "
+    "natural organism's and every closed edge below the bar (largest 0.012), but the in-instruction read was left open "
+    "to every head, and the natural organism's dominant head L0H3 kept carrying it (zeroing L0H3 at the instruction "
+    "positions alone moved text following by -8.3). The exact ranking's top 4 held 2 planted heads (L0H3, L0H2, L6H4, "
+    "L0H0): the route's own relay ran through a head the ground truth did not name. Planting the relay on L0H3, the head "
+    "that already carried it, is the recipe above.",
+    "The relay rule with the earlier schedule (600 steps, penalty weight 3): the restricted model learnt the route "
+    "(restricted losses at the last step 0.004 text, 0.127 vision), but the plain model did not follow it: held-out text following 81.0%, "
+    "and closed edges mattered again (instruction->last in layers 0-3 moved text following by 2.12, image->last by 1.43). "
+    "Twice the penalty weight and 800 steps (the recipe) closed them.",
 ]
 
 
@@ -77,6 +87,10 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
         f"positions only through the transfer heads {heads(truth.transfer_heads)}; in layers {truth.deep[0]}–{truth.deep[-1]} not at all.",
         f"- **arbitration**: in layers {truth.deep[0]}–{truth.deep[-1]}, the last position reads the instruction only through "
         f"the arbitration heads {heads(truth.arbitration_heads)}; in layers {truth.shallow[0]}–{truth.shallow[-1]} not at all.",
+        *([f"- **relay**: in layers {truth.shallow[0]}–{truth.shallow[-1]}, instruction positions read other instruction "
+           f"positions only through the relay head{'s' if len(truth.relay_heads) > 1 else ''} {heads(truth.relay_heads)} (and "
+           "the transfer heads): the instruction's words reach its last token, the anchor, through a planted head too. "
+           f"In layers {truth.deep[0]}–{truth.deep[-1]} the instruction reads itself freely."] if truth.relay_heads else []),
         "- **no bypass**: the context never reads the image; question, format, template text and the last position never read "
         "the image or the context, and (except as above) never the instruction.",
         f"- {len(truth.planted_heads)} planted heads of {truth.n_layers * truth.n_heads}; the top 5% is 4 heads.",

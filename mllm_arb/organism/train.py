@@ -55,6 +55,9 @@ class PlantConfig:
     #: [layer, head] of the transfer heads (first half of the layers) and arbitration heads (second half)
     transfer_heads: list[list[int]] = field(default_factory=lambda: [[0, 2], [1, 5], [2, 1], [3, 6]])
     arbitration_heads: list[list[int]] = field(default_factory=lambda: [[5, 3], [6, 4]])
+    #: [layer, head] of relay heads (first half): with any, instruction positions there read each other
+    #: only through them and the transfer heads
+    relay_heads: list[list[int]] = field(default_factory=list)
     #: instructed rows train under the route's per-head knockout: the answer can only come through it
     restrict: bool = True
     #: restriction and anchor loss start at this step; before it every row trains unrestricted, as the
@@ -97,6 +100,7 @@ class PlantConfig:
             arch.text_heads,
             tuple((int(l), int(h)) for l, h in self.transfer_heads),
             tuple((int(l), int(h)) for l, h in self.arbitration_heads),
+            tuple((int(l), int(h)) for l, h in self.relay_heads),
         )
 
 

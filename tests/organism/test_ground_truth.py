@@ -17,6 +17,7 @@ from mllm_arb.interventions.plant import forbidden_mass, restrict_to_route, rout
 from mllm_arb.pipeline.validate import score
 
 TRUTH = GroundTruth(8, 8, ((0, 2), (1, 5), (2, 1), (3, 6)), ((5, 3), (6, 4)))
+RELAYED = GroundTruth(8, 8, TRUTH.transfer_heads, TRUTH.arbitration_heads, ((0, 3),))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,17 @@ def test_file_round_trip(tmp_path):
     assert load(tmp_path / "elsewhere") is None
 
 
+def test_relay_heads_round_trip_and_are_optional(tmp_path):
+    RELAYED.write(tmp_path)
+    assert load(tmp_path) == RELAYED and RELAYED.planted_heads == (*TRUTH.transfer_heads, (0, 3), *TRUTH.arbitration_heads)
+    relay = [e for e in json.loads((tmp_path / "ground_truth.json").read_text())["planted_edges"] if e["edge"] == "instruction->instruction"]
+    assert relay == [{"edge": "instruction->instruction", "layers": [0], "heads": [[0, 3]], "governs": "both"}]
+    data = RELAYED.to_dict()
+    data.pop("relay_heads")  # a file written before the relay rule
+    (tmp_path / "ground_truth.json").write_text(json.dumps(data))
+    assert load(tmp_path) == TRUTH and TRUTH.relay_layers == ()
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -51,6 +63,9 @@ def test_file_round_trip(tmp_path):
         (lambda d: d.pop("transfer_heads"), "missing field"),
         (lambda d: d.update(format="something else"), "not an mllm-arb ground-truth file"),
         (lambda d: d.update(transfer_heads=[[0, 2], [0, 2]]), "named twice"),
+        (lambda d: d.update(relay_heads=[[5, 0]]), "relay head L5H0"),  # relays live in the first half
+        (lambda d: d.update(relay_heads=[[0, 2]]), "also a transfer head"),
+        (lambda d: d.update(relay_heads="L0H3"), "relay_heads must be a list"),
     ],
 )
 def test_bad_files_are_one_line_errors(tmp_path, edit, message):
@@ -89,9 +104,26 @@ def test_route_blocks_follow_the_rules(organism):
             transfers = not b[inst][:, img].any()
             assert transfers == ((layer, head) in TRUTH.transfer_heads)
             assert not b.diagonal().any()
+    # the relay rule: in the first half, instruction positions read each other only through the relay and
+    # transfer heads (each still reads itself); the second half leaves the instruction to itself
+    relayed = route_blocks(batch, RELAYED)
+    off_diagonal = ~torch.eye(len(inst), dtype=torch.bool)
+    for layer in range(8):
+        for head in range(8):
+            within = relayed[layer][row, head][inst][:, inst]
+            closed = layer < 4 and (layer, head) not in RELAYED.relay_heads + RELAYED.transfer_heads
+            assert within[off_diagonal].all() if closed else not within.any()
+            assert torch.equal(relayed[layer][row, head] & ~blocks[layer][row, head], relayed[layer][row, head] & _pairs_of(inst, batch))
     # no instruction, no route: nothing is blocked
     plain = batch_of(organism, Condition.IMAGE_ONLY)
     assert not any(b.any() for b in route_blocks(plain, TRUTH).values())
+
+
+def _pairs_of(positions, batch):
+    """`[T, T]` True where a query among `positions` reads a key among them."""
+    mask = torch.zeros(batch.inputs["input_ids"].shape[1], dtype=torch.bool)
+    mask[positions] = True
+    return mask[:, None] & mask[None, :]
 
 
 def test_per_head_knockout_of_every_head_equals_the_group_knockout(organism):
@@ -236,7 +268,8 @@ def test_a_short_planted_run_saves_its_ground_truth_and_pushes_mass_off_closed_e
 @pytest.mark.parametrize("bad, message", [({"transfer_heads": [[5, 1]]}, "L5H1"), ({"route_start": 900, "mass_start": 10}, "route_start"),
                                           ({"attention_weight": -1}, "attention_weight"), ({"mass_weight": "heavy"}, "mass_weight"),
                                           ({"mass_start": 2.5}, "whole number"), ({"restrict": "yes"}, "true or false"),
-                                          ({"mass_mean": "max"}, "mass_mean"), ({"anchor_targets": 1}, "anchor_targets")])
+                                          ({"mass_mean": "max"}, "mass_mean"), ({"anchor_targets": 1}, "anchor_targets"),
+                                          ({"relay_heads": [[6, 1]]}, "L6H1")])
 def test_bad_plant_options_are_refused(bad, message):
     from mllm_arb.organism.train import TrainConfig
 
