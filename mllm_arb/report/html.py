@@ -137,9 +137,10 @@ def provenance(study: Study) -> str:
     for r in runs:
         timings = r.manifest.get("timings_s") or {}
         total = sum(v for v in timings.values() if finite(v))
-        sha = str(r.manifest["git_sha"]) if r.manifest.get("git_sha") else na("not recorded: the code was not run from a git checkout")
+        sha = str(r.manifest.get("git_sha") or "")
+        sha_cell = Cell(f'<code class="nowrap">{esc(sha[:10])}</code>', sha) if sha else na("not recorded: the code was not run from a git checkout")
         rows.append([r.command, Cell(f"<code>{esc(shown_path(r, study))}</code>", str(r.path)), r.created.replace("T", " "),
-                     Cell(f'<code class="nowrap">{esc(sha[:10])}</code>', sha), r.manifest.get("config_hash", "n/a"),
+                     sha_cell, r.manifest.get("config_hash", "n/a"),
                      r.manifest.get("dataset_fingerprint", "n/a"), Cell(esc(num(total, 1)), total, True)])
     out.append(table(["stage", "run directory", "started", "git sha", "config hash", "dataset", "time (s)"], rows,
                      caption="The stage runs this report is drawn from."))

@@ -345,6 +345,19 @@ def test_report_screenshot_option(chromium, study, tmp_path):
     assert width == 1280 and height > 2000
 
 
+def test_runs_made_outside_a_git_checkout_say_so(study, tmp_path):
+    """A run's manifest without a git sha (the code ran from an unpacked copy) shows a dash that says why."""
+    ev, _ = study
+    copy = tmp_path / "runs" / ev.name
+    shutil.copytree(ev, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["git_sha"] = None
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("report", str(copy), "--out", str(tmp_path / "page.html"))
+    assert result.exit_code == 0, result.output
+    assert 'title="not recorded: the code was not run from a git checkout"' in (tmp_path / "page.html").read_text()
+
+
 def test_a_real_run_reads_well_in_the_browser(chromium, tmp_path):
     """The report of a real `mllm-arb run` (the organism where it is shipped), opened in Chromium: no cell
     the run has data for is blank or "n/a" (a cell without a value by design says why), every figure's
