@@ -181,7 +181,7 @@ def print_validation(console, report: dict, model: str) -> None:
                   f"{p['peak_mean']:+.2f}", "[green]yes[/]" if p["inside"] else "[red]no[/]")
     console.print(t)
     hd = report["heads"]
-    n_planted = len(report["ground_truth"]["transfer_heads"]) + len(report["ground_truth"]["arbitration_heads"])
+    n_planted = next(iter(hd["methods"].values()))["top_planted_count"]["n"]  # every kind of planted head
     t = Table(title=f"Head rankings against the {n_planted} planted heads")
     for col in ("method", "AUROC", f"top {hd['n_top']}: precision", f"top {n_planted}: recall", "planted heads' ranks"):
         t.add_column(col)

@@ -475,8 +475,10 @@ def validation(v: Mapping) -> str:
     ko, hd, gt = v["knockout"], v["heads"], v["ground_truth"]
     c = ko["confusion"]
     heads = lambda hs_: ", ".join(f"L{l}H{h}" for l, h in hs_)  # noqa: E731
+    relay = f", relay head{'s' if len(gt.get('relay_heads') or []) > 1 else ''} {esc(heads(gt['relay_heads']))} (within the " \
+            "instruction, the same layers)" if gt.get("relay_heads") else ""
     out = [f"<p>The model ships a ground truth: transfer heads {esc(heads(gt['transfer_heads']))} (layers "
-           f"{gt['shallow_layers'][0]}–{gt['shallow_layers'][-1]}), arbitration heads {esc(heads(gt['arbitration_heads']))} "
+           f"{gt['shallow_layers'][0]}–{gt['shallow_layers'][-1]}){relay}, arbitration heads {esc(heads(gt['arbitration_heads']))} "
            "(the later layers). Each analysis below is scored against it.</p>"]
     out.append(table(["", "detected", "not detected", "rate"], [
         ["planted", c["planted_detected"], c["planted_missed"], f"true-positive rate {num(ko['true_positive_rate'])}"],
@@ -492,7 +494,7 @@ def validation(v: Mapping) -> str:
         name = f"{m} (recovers best)" if m == hd["best_method"] else m
         rows.append([name, num(s["auroc"]), num(s["top_fraction"]["precision"]), num(s["top_planted_count"]["recall"]),
                      " ".join(f"{k}: {r}" for k, r in s["planted_ranks"].items())])
-    n_planted = len(gt["transfer_heads"]) + len(gt["arbitration_heads"])
+    n_planted = next(iter(hd["methods"].values()))["top_planted_count"]["n"]  # every kind of planted head
     out.append(table(["method", "AUROC", f"precision of the top {hd['n_top']}", f"recall of the top {n_planted}", "planted heads' ranks"],
                      rows, caption="Each ranking method against the planted heads."))
     verdicts = ", ".join(f"({k[0]}) {verdict_of(f)}" for k, f in v["findings"].items())

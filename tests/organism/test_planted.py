@@ -73,3 +73,10 @@ def test_the_shipped_planted_organism_was_trained_by_its_config():
     shipped = asdict(TrainConfig.from_any(json.loads((ANCHOR_DIR / "training_log.json").read_text())["config"]))
     where = {"output_dir", "overwrite", "progress", "max_minutes"}  # where and how, not what
     assert {k: v for k, v in composed.items() if k not in where} == {k: v for k, v in shipped.items() if k not in where}
+
+
+def test_validate_counts_the_relay_head_among_the_planted_ones(validated):
+    v, output = validated
+    assert "Head rankings against the 7 planted heads" in output
+    for scores in v["heads"]["methods"].values():
+        assert "L0H3" in scores["planted_ranks"] and scores["top_planted_count"]["n"] == 7
