@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -33,22 +32,23 @@ def cli(*args: str) -> list[str]:
 
 def main() -> None:
     rows: list[tuple[str, str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        rows.append(("`make analyze` (`mllm-arb analyze`, default configuration)", f"{timed(cli('analyze', f'output_dir={out}')):.0f} s", ""))
-        manifest = json.loads(next((out / "analyze").glob("*/*/manifest.json")).read_text())
-        rows.append(("", "", "; ".join(f"{k} {v:.0f} s" for k, v in manifest["timings_s"].items())))
-        wall = timed(cli("run", f"output_dir={out}"))
-        parent = next((out / "run").glob("*/*/manifest.json"))
-        stages = json.loads(parent.read_text())["timings_s"]
-        rows.append(("`mllm-arb run` (the whole study, default configuration, 200 items)", f"{wall:.0f} s", ""))
-        for stage, seconds in stages.items():
-            child = next(iter((parent.parent / stage).glob("*/*/manifest.json")), None)
-            parts = json.loads(child.read_text()).get("timings_s", {}) if child else {}
-            rows.append((f"  {stage}", f"{seconds:.0f} s", "; ".join(f"{k} {v:.1f} s" for k, v in parts.items())))
-        run_dir = parent.parent
-        report = timed(cli("report", str(run_dir), "--out", str(out / "r.html")))
-        rows.append(("`mllm-arb report` of that run", f"{report:.1f} s", ""))
+    # kept (outputs/ is not versioned): the run's report is docs/organism-report.html's source
+    out = ROOT / "outputs" / "timings" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True)
+    rows.append(("`make analyze` (`mllm-arb analyze`, default configuration)", f"{timed(cli('analyze', f'output_dir={out}')):.0f} s", ""))
+    manifest = json.loads(next((out / "analyze").glob("*/*/manifest.json")).read_text())
+    rows.append(("", "", "; ".join(f"{k} {v:.0f} s" for k, v in manifest["timings_s"].items())))
+    wall = timed(cli("run", f"output_dir={out}"))
+    parent = next((out / "run").glob("*/*/manifest.json"))
+    stages = json.loads(parent.read_text())["timings_s"]
+    rows.append(("`mllm-arb run` (the whole study, default configuration, 200 items)", f"{wall:.0f} s", ""))
+    for stage, seconds in stages.items():
+        child = next(iter((parent.parent / stage).glob("*/*/manifest.json")), None)
+        parts = json.loads(child.read_text()).get("timings_s", {}) if child else {}
+        rows.append((f"  {stage}", f"{seconds:.0f} s", "; ".join(f"{k} {v:.1f} s" for k, v in parts.items())))
+    run_dir = parent.parent
+    report = timed(cli("report", str(run_dir), "--out", str(out / "r.html")))
+    rows.append(("`mllm-arb report` of that run", f"{report:.1f} s", ""))
     rows.append(("docs/quickstart.ipynb (every cell)", f"{timed([sys.executable, '-m', 'tests.notebook', 'docs/quickstart.ipynb']):.0f} s", ""))
     rows.append(("`make test` (`pytest -q`)", f"{timed([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider']) / 60:.1f} min", ""))
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
@@ -69,6 +69,7 @@ def main() -> None:
     ]
     (ROOT / "docs" / "timings.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    print(f"the run: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ organism, or a tiny random-weight model built on the fly (`tiny:<family>`)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     InternVLAdapter,
 )
 TINY_PREFIX = "tiny:"
+log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
 #: attention implementations the knockout and head hooks go through (transformers' attention interface)
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -63,12 +65,24 @@ def check_loading_info(source: str, info: dict) -> None:
                             "does not match its config.json")
 
 
+class IntrospectedAdapter(ModelAdapter):
+    """A model type with no family file: everything the stages need is found by introspection (the text
+    decoder's layers with their attention output projections, the final norm, the unembedding, the
+    image token id), and nothing is declared. Loading it says so once (`load_adapter`)."""
+
+    family = "introspected"
+
+
 def adapter_for(model_type: str) -> type[ModelAdapter]:
+    """The family adapter of `model_type`, or `IntrospectedAdapter` for a type no family file declares."""
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    supported = ", ".join(t for a in ADAPTERS for t in a.model_types)
-    raise UserError(f"unsupported architecture {model_type!r}; supported model types: {supported}")
+    return IntrospectedAdapter
+
+
+def supported_types() -> str:
+    return ", ".join(t for a in ADAPTERS for t in a.model_types)
 
 
 def tiny_cache_dir() -> Path:
@@ -132,7 +146,10 @@ def load_adapter(
             raise
         raise UserError(f"model {source!r} has an impossible config.json: {_last_line(exc)}") from exc
     adapter_cls = adapter_for(config.model_type)
-    if family and family != adapter_cls.family:
+    if adapter_cls is IntrospectedAdapter and type(config) not in AutoModelForImageTextToText._model_mapping:
+        raise UserError(f"unsupported architecture {config.model_type!r}: not an image-text-to-text model (transformers has no "
+                        f"AutoModelForImageTextToText class for it); supported model types: {supported_types()}")
+    if family and family != adapter_cls.family and adapter_cls is not IntrospectedAdapter:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
     if device == "auto" and importlib.util.find_spec("accelerate") is None:
         raise UserError("model.device=auto (device_map='auto') needs accelerate: pip install 'mllm-arb[multi-gpu]', or set model.device=cuda")
@@ -165,6 +182,16 @@ def load_adapter(
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if adapter_cls is IntrospectedAdapter:
+        try:
+            adapter = adapter_cls(model, processor, name=name or Path(str(path or "organism")).name)
+        except UserError as exc:
+            raise UserError(f"model {source!r}: model type {config.model_type!r} has no family file and cannot be introspected "
+                            f"({exc}); supported model types: {supported_types()}") from None
+        log.warning("model type %r has no family file: using what introspection found (%d decoder layers × %d heads, the "
+                    "image token %d); the identity and fast-path tests cover only the supported families (%s)",
+                    config.model_type, adapter.parts.n_layers, adapter.parts.n_heads, adapter.image_token_id, supported_types())
+        return adapter
     return adapter_cls(model, processor, name=name or Path(str(path or "organism")).name)
 
 

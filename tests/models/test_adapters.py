@@ -7,7 +7,7 @@ import torch
 from mllm_arb.core.errors import UserError
 from mllm_arb.core.prompt import CONTEXT_PREFIX, render_all
 from mllm_arb.core.records import Condition
-from mllm_arb.models.loading import load_adapter
+from mllm_arb.models.loading import load_adapter, materialise
 
 from ..conftest import FAMILIES, conflict_items
 
@@ -90,3 +90,41 @@ def test_no_double_bos(family):
     bos = adapter.tokenizer.bos_token_id
     ids = batch.inputs["input_ids"][0].tolist()
     assert bos is None or ids.count(bos) <= 1
+
+
+def test_a_model_type_without_a_family_file_loads_by_introspection(tmp_path, monkeypatch, caplog):
+    """A model type no family file declares, but whose decoder layers, attention output projections, final
+    norm, unembedding and image token can be found, loads with one warning and runs the stages; one
+    that cannot be introspected is one line naming what was not found. (The family file is taken away
+    from a tiny LLaVA, which stands for a family the package does not know.)"""
+    import logging
+
+    from mllm_arb.models import loading
+
+    from ..conftest import invoke, only_run
+
+    path = materialise("tiny:llava")
+    expected = load_adapter(path)
+    monkeypatch.setattr(loading, "ADAPTERS", tuple(a for a in loading.ADAPTERS if a.family != "llava"))
+    with caplog.at_level(logging.WARNING, logger="mllm_arb.models.loading"):
+        adapter = load_adapter(path)
+    assert type(adapter).__name__ == "IntrospectedAdapter" and adapter.image_token_id == expected.image_token_id
+    warning = [r.getMessage() for r in caplog.records if "no family file" in r.getMessage()]
+    assert len(warning) == 1 and "'llava'" in warning[0] and "\n" not in warning[0]
+    batch = adapter.build_batch(render_all(conflict_items(2), [Condition.VISION_FOLLOWING]))
+    torch.testing.assert_close(adapter.last_logits(batch), expected.last_logits(expected.build_batch(batch.samples)))
+    result = invoke("analyze", f"model.path={path}", "model.name=unknown_family", "data.n_items=2", "batch_size=2",
+                    "analysis.edges=[image:last]", f"output_dir={tmp_path}")
+    assert result.exit_code == 0, result.output
+    assert (only_run(tmp_path, "analyze") / "findings.json").exists()
+
+    # the same model type, with nothing to find: one line, naming what is missing
+    from mllm_arb.models import adapter as adapter_module
+
+    def nothing(model):
+        raise UserError(f"{type(model).__name__}: no text decoder layers with self_attn.o_proj found")
+
+    monkeypatch.setattr(adapter_module, "find_decoder_parts", nothing)
+    with pytest.raises(UserError, match="has no family file and cannot be introspected .*no text decoder layers") as exc:
+        load_adapter(path)
+    assert "\n" not in str(exc.value)
