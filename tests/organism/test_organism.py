@@ -280,7 +280,8 @@ def test_organism_configs_are_typed_by_the_train_config():
     from mllm_arb.organism.__main__ import organism_config
 
     anchor = organism_config("anchor")
-    assert anchor.plant.anchor_targets is True and anchor.init_from == "organism" and anchor.steps == 600
+    assert anchor.plant.anchor_targets is True and anchor.init_from == "organism" and anchor.steps == 800
+    assert anchor.plant.relay_heads == [[0, 3]] and anchor.plant.mass_weight == 6.0
     result = CliRunner().invoke(app, ["organism", "train", "--config", "anchor", "steps=abc"])
     assert result.exit_code == 2 and "steps" in result.output
     result = CliRunner().invoke(app, ["organism", "train", "--config", "nope"])
