@@ -20,9 +20,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 def timed(cmd: list[str], cwd: Path = ROOT) -> float:
     t0 = time.monotonic()
-    done = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stdout[-3000:]}")
     return time.monotonic() - t0
 
 
