@@ -35,17 +35,18 @@ def main() -> None:
     # kept (outputs/ is not versioned): the run's report is docs/organism-report.html's source
     out = ROOT / "outputs" / "timings" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True)
-    rows.append(("`make analyze` (`mllm-arb analyze`, default configuration)", f"{timed(cli('analyze', f'output_dir={out}')):.0f} s", ""))
+    analyze = timed(cli("analyze", f"output_dir={out}"))
     manifest = json.loads(next((out / "analyze").glob("*/*/manifest.json")).read_text())
-    rows.append(("", "", "; ".join(f"{k} {v:.0f} s" for k, v in manifest["timings_s"].items())))
+    rows.append(("`make analyze` (`mllm-arb analyze`, default configuration)", f"{analyze:.0f} s",
+                 "; ".join(f"{k} {v:.0f} s" for k, v in manifest["timings_s"].items())))
     wall = timed(cli("run", f"output_dir={out}"))
     parent = next((out / "run").glob("*/*/manifest.json"))
     stages = json.loads(parent.read_text())["timings_s"]
-    rows.append(("`mllm-arb run` (the whole study, default configuration, 200 items)", f"{wall:.0f} s", ""))
+    rows.append(("`mllm-arb run` (the whole study, default configuration, 200 items)", f"{wall:.0f} s", "per stage below"))
     for stage, seconds in stages.items():
         child = next(iter((parent.parent / stage).glob("*/*/manifest.json")), None)
         parts = json.loads(child.read_text()).get("timings_s", {}) if child else {}
-        rows.append((f"  {stage}", f"{seconds:.0f} s", "; ".join(f"{k} {v:.1f} s" for k, v in parts.items())))
+        rows.append((f"· {stage}", f"{seconds:.0f} s", "; ".join(f"{k} {v:.1f} s" for k, v in parts.items())))
     run_dir = parent.parent
     report = timed(cli("report", str(run_dir), "--out", str(out / "r.html")))
     rows.append(("`mllm-arb report` of that run", f"{report:.1f} s", ""))
