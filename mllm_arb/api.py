@@ -26,20 +26,15 @@ from pathlib import Path
 
 import torch
 
-from .core.paths import ANCHOR_DIR, CHECKPOINT_DIR
-from .core.prompt import render_all
+from .core.prompt import GROUPS, render_all
 from .core.records import Condition, ConflictItem, Sample
-from .core.scoring import AnswerIds, answer_ids, binary_scores
+from .core.scoring import answer_ids
 from .interventions import heads as _heads
 from .interventions import knockout as _knockout
 from .interventions.lens import Contributions, capture_residuals, contributions_from_trace, stream_scores
-from .models.adapter import Batch, ModelAdapter
+from .models.adapter import ModelAdapter
 from .models.loading import load_adapter
-
-#: names `load` accepts besides a path or a hub id
-SHIPPED = {"organism": CHECKPOINT_DIR, "organism_anchor": ANCHOR_DIR}
-#: token groups a conflict batch marks in every row (a group a prompt lacks is empty in that row)
-GROUPS = ("system", "image", "context", "instruction", "question", "format", "last")
+from .pipeline.heads.methods import Prepared, log_odds_under
 
 
 def load(model: str | Path = "organism", device: str = "cpu", dtype: str = "float32", attn: str = "sdpa") -> ModelAdapter:
@@ -49,8 +44,7 @@ def load(model: str | Path = "organism", device: str = "cpu", dtype: str = "floa
     one, with its ground truth), a local folder, or a Hugging Face id already in the local cache (no
     download is attempted when `HF_HUB_OFFLINE=1`). A folder that is not a model, or damaged weights,
     raise `UserError` with one line."""
-    source = SHIPPED.get(str(model), model)
-    return load_adapter(str(source), device=device, dtype=dtype, attn_implementation=attn)
+    return load_adapter(str(model), device=device, dtype=dtype, attn_implementation=attn)
 
 
 def conflict_items(n: int = 16, seed: int = 1000, **options) -> list[ConflictItem]:
@@ -62,24 +56,19 @@ def conflict_items(n: int = 16, seed: int = 1000, **options) -> list[ConflictIte
     return generate_items(SyntheticConfig(n_items=n, seed=seed, **options))
 
 
-@dataclass
-class ConflictBatch:
-    """A conflict batch, built once: the model inputs with each row's token groups (`batch`), the
-    samples it came from, and each row's answer token ids (following and competitor)."""
+@dataclass(eq=False)
+class ConflictBatch(Prepared):
+    """A conflict batch, built once: the stages' prepared batch (model inputs with each row's token
+    groups, the samples, each row's answer token ids) with the tokenizer that reads its groups back."""
 
-    batch: Batch
-    ids: list[AnswerIds]
     tokenizer: object = None
-
-    @property
-    def samples(self) -> list[Sample]:
-        return self.batch.samples
 
     def __len__(self) -> int:
         return len(self.batch)
 
     def group(self, name: str) -> torch.Tensor:
-        """`[B, T]` True at the positions of token group `name` (one of `GROUPS`) in each row."""
+        """`[B, T]` True at the positions of token group `name` (one of `GROUPS`; empty in a row whose
+        prompt lacks it) in each row."""
         if name not in GROUPS:
             raise ValueError(f"unknown token group {name!r}; the groups are {', '.join(GROUPS)}")
         return self.batch.group_mask(name)
@@ -112,8 +101,7 @@ def log_odds(model: ModelAdapter, batch: ConflictBatch) -> torch.Tensor:
     """`[B]` log-odds of the following answer over the competitor at the last position (every surface
     variant of each answer counted): positive means the row follows the instructed source. Interventions
     active around the call (`knock_out`, `edit_heads`) apply."""
-    logits = model.last_logits(batch.batch)
-    return binary_scores(logits, batch.ids)[0].cpu()
+    return log_odds_under(model, batch)
 
 
 def follows(model: ModelAdapter, batch: ConflictBatch) -> torch.Tensor:

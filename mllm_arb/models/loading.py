@@ -182,17 +182,18 @@ def load_adapter(
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if adapter_cls is IntrospectedAdapter:
-        try:
-            adapter = adapter_cls(model, processor, name=name or Path(str(path or "organism")).name)
-        except UserError as exc:
-            raise UserError(f"model {source!r}: model type {config.model_type!r} has no family file and cannot be introspected "
-                            f"({exc}); supported model types: {supported_types()}") from None
-        log.warning("model type %r has no family file: using what introspection found (%d decoder layers × %d heads, the "
-                    "image token %d); the identity and fast-path tests cover only the supported families (%s)",
-                    config.model_type, adapter.parts.n_layers, adapter.parts.n_heads, adapter.image_token_id, supported_types())
-        return adapter
-    return adapter_cls(model, processor, name=name or Path(str(path or "organism")).name)
+    label = name or Path(str(path or "organism")).name
+    if adapter_cls is not IntrospectedAdapter:
+        return adapter_cls(model, processor, name=label)
+    try:
+        adapter = adapter_cls(model, processor, name=label)
+    except UserError as exc:
+        raise UserError(f"model {source!r}: model type {config.model_type!r} has no family file and cannot be introspected "
+                        f"({exc}); supported model types: {supported_types()}") from None
+    log.warning("model type %r has no family file: using what introspection found (%d decoder layers × %d heads, the "
+                "image token %d); the identity and fast-path tests cover only the supported families (%s)",
+                config.model_type, adapter.parts.n_layers, adapter.parts.n_heads, adapter.image_token_id, supported_types())
+    return adapter
 
 
 def _last_line(exc: BaseException) -> str:

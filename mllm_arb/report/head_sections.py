@@ -28,6 +28,12 @@ def cond_name(c: str) -> str:
     return "conflict (settings pooled)" if c == POOLED else human(c)
 
 
+#: why a cell has no value, by design
+NO_RANDOM = "random head sets are drawn for the settings only"
+NO_FAILED = "no failed sample to recover"
+NO_FOLLOWED = "no sample followed before"
+
+
 def interval(e: Mapping | None, digits: int = 3, why: str | None = None) -> Cell:
     """`mean [low, high]` of a summary entry, sorted by the mean; without a value, `why` it has none
     (when that is by design) or "n/a"."""
@@ -153,12 +159,11 @@ def blocking(study: Study, page: Page, fallback) -> str:
         top, rnd, bottom = e.get("top") or {}, e.get("random") or {}, e.get("bottom") or {}
         sep = e.get("separation") or {}
         clears = any((sep.get(m) or {}).get("separated") for m in ("mfr", "log_odds")) if sep else None
-        no_random = "random head sets are drawn for the settings only" if e.get("kind") == "control" else None
+        no_random = NO_RANDOM if e.get("kind") == "control" else None if rnd else "no random head sets to compare with"
         rows.append([Cell(esc(cond_name(cond)), cond), "setting" if e.get("kind") == "setting" else "control", e.get("n"),
                      interval((e.get("before") or {}).get("mfr")), interval(top.get("mfr")), interval(rnd.get("mfr"), why=no_random),
                      interval(bottom.get("mfr")), top.get("relative_mfr_drop"), interval((top.get("change") or {}).get("log_odds")),
-                     Cell({True: "yes", False: "no"}[clears], int(clears)) if clears is not None
-                     else na(no_random or "no random head sets to compare with") if no_random or not rnd else Cell("", -1)])
+                     Cell("yes" if clears else "no", int(clears)) if clears is not None else na(no_random) if no_random else Cell("", -1)])
     if rows:
         out.append(table(["condition", "kind", "n", "before", f"top {n} blocked", f"random {n} (mean over sets)", f"bottom {n}",
                           "relative MFR drop", "Δ log-odds (top)", "top clears random"], rows,
@@ -222,19 +227,19 @@ def amplification(study: Study, page: Page, fallback) -> str:
     counts = {}
     for e in amp.get("per_alpha") or []:
         for cond, s in (e.get("settings") or {}).items():
-            no_failed = "no failed sample to recover" if s.get("n_failed") == 0 else None
+            no_failed = NO_FAILED if s.get("n_failed") == 0 else None
             counts[cond] = (s.get("n_failed"), s.get("n_followed"))
             rows.append([Cell(esc(f"{e['alpha']:g}" + (" (best)" if e["alpha"] == best else "")), e["alpha"], True), cond_name(cond),
                          s.get("n_failed"), interval(s.get("recovery"), why=no_failed), s.get("n_followed"),
-                         interval(s.get("harm"), why="no sample followed before" if s.get("n_followed") == 0 else None),
+                         interval(s.get("harm"), why=NO_FOLLOWED if s.get("n_followed") == 0 else None),
                          interval(s.get("mfr_after")), interval(s.get("failed_log_odds_change"), why=no_failed)])
     per_set = na("random sets are summarised by recovery and harm only (mean and spread over sets)")
     for cond, rnd in (amp.get("random_at_best_alpha") or {}).items():
         if rnd.get("alpha") is not None:
             n_failed, n_followed = counts.get(cond, (None, None))  # the same evaluation samples as the top set's rows
             rows.append([Cell(esc(f"{rnd['alpha']:g} (random sets)"), rnd["alpha"], True), cond_name(cond), n_failed,
-                         _spread(rnd.get("recovery"), why="no failed sample to recover" if n_failed == 0 else None), n_followed,
-                         _spread(rnd.get("harm"), why="no sample followed before" if n_followed == 0 else None), per_set, per_set])
+                         _spread(rnd.get("recovery"), why=NO_FAILED if n_failed == 0 else None), n_followed,
+                         _spread(rnd.get("harm"), why=NO_FOLLOWED if n_followed == 0 else None), per_set, per_set])
     if rows:
         out.append(table(["α", "condition", "failed", "recovery", "following", "harm", "MFR after", "Δ log-odds (failed)"], rows,
                          caption="Per α and condition, with 95% intervals (random sets: mean and spread over sets)."))
@@ -310,7 +315,7 @@ def controls_under_edits(study: Study) -> str:
             top = (e.get("top") or {}).get("mfr") or {}
             change = top.get("mean") - before.get("mean") if finite(top.get("mean")) and finite(before.get("mean")) else None
             rows.append([human(cond), interval(before), interval(top), Cell(esc(num(change, 3, True)), change, True) if change is not None else None,
-                         interval(((e.get("random") or {}).get("mfr")), why="random head sets are drawn for the settings only"),
+                         interval(((e.get("random") or {}).get("mfr")), why=NO_RANDOM),
                          interval(((e.get("bottom") or {}).get("mfr")))])
         if rows:
             out.append(f"<h3>Under blocking (top {esc(n)} heads)</h3>")

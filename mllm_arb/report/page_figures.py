@@ -16,11 +16,11 @@ COLOURS = plt.get_cmap("tab10").colors
 
 
 def to_svg(fig) -> bytes:
-    from .plots import FONT_TAG, tidy
+    from .plots import font_tag
 
     buf = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "mllm-arb", "svg.fonttype": "path"}):
-        tag = f"{FONT_TAG}={tidy(fig):g}"
+        tag = font_tag(fig)
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "mllm-arb", "Description": tag})
     plt.close(fig)
     return buf.getvalue()

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 EDGE_COLOURS = plt.get_cmap("tab10").colors
 #: no text in a figure is drawn smaller: the report shows figures at 1.33 px per point or more, so
-#: this is at least 10 px on the page (tests/report/test_browser.py measures it)
+#: this is at least 10 px on the page (tests/report/test_report.py measures it)
 MIN_FONT_PT = 8.0
 #: where a figure's smallest font size is written into its file, for the report to measure
 FONT_TAG = "mllm-arb font-pt"
@@ -30,6 +30,15 @@ def _overlapping(labels, renderer) -> bool:
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+def _tick_labels(fig):
+    """Draw the figure, then (renderer, axes index, "x" or "y", the axis' visible tick labels) per axis."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for k, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            yield renderer, k, name, [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+
+
 def tidy(fig) -> float:
     """Make a figure legible before it is written: no text below `MIN_FONT_PT`, and on every axis
     (colour bars included) tick labels that would overlap are thinned to every second one until none
@@ -37,34 +46,27 @@ def tidy(fig) -> float:
     for t in _texts(fig):
         if t.get_fontsize() < MIN_FONT_PT:
             t.set_fontsize(MIN_FONT_PT)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
-            while len(labels) > 1 and _overlapping(labels, renderer):
-                for t in labels[1::2]:
-                    t.set_visible(False)
-                labels = labels[::2]
+    for renderer, _, _, labels in _tick_labels(fig):
+        while len(labels) > 1 and _overlapping(labels, renderer):
+            for t in labels[1::2]:
+                t.set_visible(False)
+            labels = labels[::2]
     return min((t.get_fontsize() for t in _texts(fig)), default=MIN_FONT_PT)
+
+
+def font_tag(fig) -> str:
+    """`tidy` the figure; the line its file carries so the report can measure its smallest text."""
+    return f"{FONT_TAG}={tidy(fig):g}"
 
 
 def overlapping_ticks(fig) -> list[str]:
     """Axes whose visible tick labels overlap (what `tidy` removes; the tests check figures with it)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    out = []
-    for k, ax in enumerate(fig.axes):
-        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
-            if _overlapping(labels, renderer):
-                out.append(f"axes {k} {name}")
-    return out
+    return [f"axes {k} {name}" for renderer, k, name, labels in _tick_labels(fig) if _overlapping(labels, renderer)]
 
 
 def save(fig, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    tag = f"{FONT_TAG}={tidy(fig):g}"
+    tag = font_tag(fig)
     paths = []
     for ext in ("png", "svg"):
         path = folder / f"{stem}.{ext}"

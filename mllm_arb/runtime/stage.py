@@ -10,7 +10,6 @@ then calls `Stage.open`, `Stage.map_units` once per kind of work, and `Stage.fin
 from __future__ import annotations
 
 import shutil
-
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
