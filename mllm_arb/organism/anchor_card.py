@@ -130,15 +130,31 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
         "",
         f"## The plant, checked with the toolkit ({plant['n_items']} held-out items per condition, seed {plant['seed']})",
         "",
-        "Planted edges knocked out in every head of their layers (mean Δ log-odds of following; MFR before → after):",
+        "Planted edges knocked out in every head of their layers (mean Δ log-odds of following; MFR before → after; "
+        "the last column: MFR with the same cut in the route-restricted model, where every closed edge is cut too, "
+        "so whether the route itself needs the edge in that setting):",
         "",
-        "| setting | edge | layers | mean Δ log-odds | MFR |",
-        "| --- | --- | --- | --- | --- |",
+        "| setting | edge | layers | mean Δ log-odds | MFR | restricted model, cut |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for s in SETTINGS:
         for edge, v in plant["planted"][s].items():
+            restricted = f"{v['restricted_mfr_after']:.3f}" if "restricted_mfr_after" in v else "not measured"
             lines.append(f"| {s} | {edge} | {v['layers'][0]}–{v['layers'][-1]} | {v['mean_delta']:+.2f} | "
-                         f"{v['mfr_before']:.3f} → {v['mfr_after']:.3f} |")
+                         f"{v['mfr_before']:.3f} → {v['mfr_after']:.3f} | {restricted} |")
+    if plant.get("instruction_effect"):
+        lines += [
+            "",
+            "The edges that carry the instruction, cut: does the answer still depend on it? (the image answer's mean "
+            "log-odds under the vision instruction minus under the text instruction, on the same items; the share of "
+            "items answered alike under both instructions)",
+            "",
+            "| edge | layers | log-odds gap, intact → cut | answered alike, intact → cut |",
+            "| --- | --- | --- | --- |",
+        ]
+        for edge, v in plant["instruction_effect"].items():
+            lines.append(f"| {edge} | {v['layers'][0]}–{v['layers'][-1]} | {v['intact']['mean_image_log_odds_gap']:+.2f} → "
+                         f"{v['cut']['mean_image_log_odds_gap']:+.2f} | {v['intact']['same_answer']:.3f} → {v['cut']['same_answer']:.3f} |")
     worst = plant["closed_worst"]
     lines += [
         "",

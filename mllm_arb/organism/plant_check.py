@@ -1,7 +1,10 @@
 """Check a planted organism with the toolkit's own interventions, under the ordinary causal mask:
 
 - the planted edges, knocked out (every head) in their layers, destroy following in the setting that
-  needs them;
+  needs them (in the plain model, and in the route-restricted one: whether the route itself needs them);
+- the edges that carry the instruction (the relay, instruction->last), cut: does the answer still
+  depend on the instruction (the image answer's log-odds gap between the two instructions, and the
+  share of items answered alike under both)?
 - every closed edge, knocked out in the layers where it is closed, moves the mean log-odds by little
   (the plant's bar: less than 0.1);
 - the route-restricted model (every closed edge knocked out at once) agrees with the plain model;
@@ -12,6 +15,7 @@ The numbers go into the planted organism's model card (`python -m mllm_arb.organ
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,13 @@ def _summary(base: torch.Tensor, after: torch.Tensor) -> dict:
             "mfr_after": float((after > 0).float().mean())}
 
 
+def _instruction_effect(image_side: dict, key: str) -> dict:
+    """How much the instruction moves the answer: the mean over items of the image answer's log-odds under
+    the vision instruction minus under the text instruction, and the share of items answered alike."""
+    vision, text = image_side["vision_following"][key], image_side["text_following"][key]
+    return {"mean_image_log_odds_gap": float((vision - text).mean()), "same_answer": float(((vision > 0) == (text > 0)).float().mean())}
+
+
 @torch.no_grad()
 def check_plant(path: str | Path, n_items: int = 200, seed: int = 1000, batch_size: int = 50, n_random: int = 20) -> dict:
     from ..pipeline.heads.methods import prepare
@@ -78,14 +89,32 @@ def check_plant(path: str | Path, n_items: int = 200, seed: int = 1000, batch_si
     def blocked(heads):
         return lambda p: edit_heads(adapter, scale_heads(heads, 0.0))
 
+    def cut(e, restricted: bool = False):
+        def context(p):
+            stack = ExitStack()
+            if restricted:
+                stack.enter_context(restrict_to_route(adapter, p.batch, truth))
+            stack.enter_context(knock_out(adapter, p.batch, [(e.src, e.dst)], e.layers))
+            return stack
+        return context
+
+    # image-answer log-odds per setting, intact and with each planted edge cut (the items are the same rows)
+    image_side: dict[str, dict[str, torch.Tensor]] = {}
     for name in (*SETTINGS, *CONTROLS):
         preps = prepare(adapter, render_all(items, [Condition(name)]), batch_size)
         base = _log_odds(adapter, preps)
         if name in SETTINGS:
-            out["planted"][name] = {
-                e.name: {"layers": list(e.layers), **_summary(base, _log_odds(adapter, preps, lambda p, e=e: knock_out(adapter, p.batch, [(e.src, e.dst)], e.layers)))}
-                for e in truth.planted_edges() if e.governs in ("both", name)
-            }
+            sign = 1.0 if name == "vision_following" else -1.0
+            image_side[name] = {"intact": sign * base}
+            out["planted"][name] = {}
+            for e in truth.planted_edges():
+                if e.governs not in ("both", name):
+                    continue
+                after = _log_odds(adapter, preps, cut(e))
+                image_side[name][e.name] = sign * after
+                restricted = _log_odds(adapter, preps, cut(e, restricted=True))
+                out["planted"][name][e.name] = {"layers": list(e.layers), **_summary(base, after),
+                                                "restricted_mfr_after": float((restricted > 0).float().mean())}
             out["closed"][name] = {
                 f"{e.name}@{e.layers[0]}-{e.layers[-1]}": _summary(
                     base, _log_odds(adapter, preps, lambda p, e=e: knock_out_rows(adapter, _edge_block(p.batch, e.src, e.dst), [set(e.layers)] * len(p.batch)))
@@ -97,6 +126,12 @@ def check_plant(path: str | Path, n_items: int = 200, seed: int = 1000, batch_si
         rand = [float((_log_odds(adapter, preps, blocked(r)) > 0).float().mean()) for r in randoms]
         out["heads"][name] = {"mfr_before": float((base > 0).float().mean()), "mfr_planted_blocked": float((top > 0).float().mean()),
                               "mfr_random_blocked_mean": float(np.mean(rand)), "mfr_random_blocked_range": [min(rand), max(rand)]}
+    # an edge that carries the instruction (governs both settings): cut, does the answer still depend on it?
+    out["instruction_effect"] = {}
+    for e in truth.planted_edges():
+        if e.governs == "both":
+            out["instruction_effect"][e.name] = {"layers": list(e.layers), "intact": _instruction_effect(image_side, "intact"),
+                                                 "cut": _instruction_effect(image_side, e.name)}
     worst = max((abs(v["mean_delta"]), s, k) for s, edges in out["closed"].items() for k, v in edges.items())
     out["closed_worst"] = {"setting": worst[1], "edge": worst[2], "abs_mean_delta": worst[0], "bar": CLOSED_EDGE_BAR,
                            "all_below_bar": worst[0] < CLOSED_EDGE_BAR}

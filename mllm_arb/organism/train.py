@@ -86,6 +86,14 @@ class PlantConfig:
     #: probability: the model learns not to lean on any one of them, so the planted heads, which the
     #: restriction makes irreplaceable, are the ones whose removal costs most
     head_dropout: float = 0.0
+    #: share of instructed rows that train with the route cut instead of restricted: instruction->last
+    #: knocked out in every layer and head, every other edge open, and the two answers at equal odds as
+    #: the target (what the restricted model gives under that cut), so the open edges learn not to stand
+    #: in for a cut route
+    cut_share: float = 0.0
+    #: share of instructed rows that train plain (every edge open) with their label, beside the cut rows:
+    #: the intact model is told to follow the instruction when the route is there
+    open_share: float = 0.0
 
     def mass_weight_at(self, step: int) -> float:
         if step < self.mass_start:
@@ -214,9 +222,12 @@ class TrainConfig:
                 allowed = (int,) if kind is int else (int, float)
                 if isinstance(value, bool) or not isinstance(value, allowed) or not value >= 0:
                     raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
-            dropout = self.plant.head_dropout
-            if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-                raise ValueError(f"plant.head_dropout must be a probability in [0, 1), not {dropout!r}")
+            if self.plant.cut_share + self.plant.open_share >= 1:
+                raise ValueError("plant.cut_share + plant.open_share must stay below 1 (some rows train on the route)")
+            for name in ("head_dropout", "cut_share", "open_share"):
+                share = getattr(self.plant, name)
+                if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+                    raise ValueError(f"plant.{name} must be a probability in [0, 1), not {share!r}")
             if not isinstance(self.plant.anchor_targets, bool):
                 raise ValueError(f"plant.anchor_targets must be true or false, not {self.plant.anchor_targets!r}")
             if not isinstance(self.plant.restrict, bool):
@@ -437,6 +448,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from .batching import first_token_id
     from .evaluate import evaluate, format_summary
 
     arch = cfg.arch
@@ -473,20 +485,29 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             inputs, targets, samples = make_batch(step, cfg, data_cfg, processor)
             weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
             routed = truth is not None and step >= cfg.plant.route_start
-            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant,
+            none = torch.zeros(len(samples), dtype=torch.bool)
+            cut, opened = _cut_rows(samples, cfg, step) if routed else (none, none)
+            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant, cut, opened,
                         record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as (batch, mass), \
                     _dropped_heads(model, truth if routed else None, cfg.plant, cfg.seed, step):
                 anchored = batch is not None and cfg.plant.anchor_loss_weight > 0
                 forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
                 logits = forward.logits.float()
             per_row = F.cross_entropy(logits[:, 0], targets, reduction="none")
+            if cut.any():  # a cut row's target: its two answers at equal odds
+                pair = torch.tensor([[first_token_id(processor.tokenizer, a) for a in (s.following, s.competitor)] for s in samples])
+                logp = logits[:, 0].log_softmax(-1)
+                per_row = torch.where(cut, -0.5 * logp.gather(1, pair).sum(1), per_row)
             loss_answer = per_row.mean()
-            for sample, row_loss in zip(samples, per_row.detach().tolist()):
-                by_cond.setdefault(sample.condition.value, []).append(row_loss)
+            for sample, row_loss, is_cut, is_open in zip(samples, per_row.detach().tolist(), cut.tolist(), opened.tolist()):
+                kind = "cut:" if is_cut else "open:" if is_open else ""
+                by_cond.setdefault(kind + sample.condition.value, []).append(row_loss)
             loss_eos = F.cross_entropy(logits[:, 1], torch.full_like(targets, eos))
             loss = loss_answer + cfg.eos_loss_weight * loss_eos
             if anchored:
                 rows, ends = _instruction_ends(batch)
+                keep = ~(cut | opened)[rows]
+                rows, ends = rows[keep], ends[keep]
                 if rows.numel():
                     anchor_logits = model.lm_head(forward.hidden_states[-1][rows, ends]).float()
                     anchor_rows = F.cross_entropy(anchor_logits, targets[rows], reduction="none")
@@ -555,11 +576,28 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     return out
 
 
+def _cut_rows(samples, cfg: TrainConfig, step: int):
+    """`([B], [B])` True on this step's cut rows and open rows: each instructed row is cut with
+    probability `plant.cut_share`, else open with probability `plant.open_share` (a fixed draw per seed
+    and step)."""
+    import torch
+
+    rng = np.random.default_rng([int(cfg.seed), int(step), 0xC07])
+    u = rng.random(len(samples))
+    instructed = np.array([s.instruction is not None for s in samples])
+    share = cfg.plant.cut_share
+    cut = instructed & (u < share)
+    opened = instructed & (u >= share) & (u < share + cfg.plant.open_share)
+    return torch.from_numpy(cut), torch.from_numpy(opened)
+
+
 @contextmanager
-def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = True):
+def _route(model, processor, samples, inputs, truth, plant, cut=None, opened=None, record_mass: bool = True):
     """One forward under the plant: yields `(batch with spans, mass record)`, both None without a plant
     (the record None when not asked for: it costs time). Instructed rows are restricted to the route
-    (with `plant.restrict`); the record holds the mass the model's own mask would give closed edges."""
+    (with `plant.restrict`), except `cut` rows ([B] bool), which keep every edge but instruction->last,
+    and `opened` rows, which keep every edge;
+    the record holds the mass the model's own mask would give closed edges."""
     if truth is None:
         yield None, None
         return
@@ -575,7 +613,16 @@ def _route(model, processor, samples, inputs, truth, plant, record_mass: bool = 
     n_prompt = inputs["input_ids"].shape[1] - 1  # the appended target belongs to no group
     batch = batch_with_spans(processor, samples, inputs, n_prompt, model.config.image_token_id)
     blocks = route_blocks(batch, truth)
-    restriction = restrict_blocks(LlavaAdapter(model, processor), blocks) if plant.restrict else nullcontext()
+    applied = blocks
+    if cut is not None and cut.any():
+        from ..interventions.knockout import knockout_mask
+
+        severed = knockout_mask(batch, [("instruction", "last")])[:, None].expand(-1, truth.n_heads, -1, -1)
+        rows = cut[:, None, None, None]
+        applied = {layer: torch.where(rows, severed, block) for layer, block in blocks.items()}
+    if opened is not None and opened.any():
+        applied = {layer: block & ~opened[:, None, None, None] for layer, block in applied.items()}
+    restriction = restrict_blocks(LlavaAdapter(model, processor), applied) if plant.restrict else nullcontext()
     targets = route_targets(batch, truth, plant.anchor_targets) if plant.attention_weight > 0 else None
     # the recorder is entered inside the restriction, so it sees the mask before the knockout edits it
     queries = None

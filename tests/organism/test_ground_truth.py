@@ -1,6 +1,7 @@
 """The ground-truth file, the planted route's masks, per-head knockout, and validate's refusals."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -265,11 +266,34 @@ def test_a_short_planted_run_saves_its_ground_truth_and_pushes_mass_off_closed_e
     assert {"text_following", "vision_following"} & set(log["eval"][-1]["train_loss_by_condition"])
 
 
+def test_cut_rows_train_plain_with_the_route_cut_at_equal_odds(tmp_path):
+    from mllm_arb.organism.train import TrainConfig, _cut_rows, make_batch, train
+    from mllm_arb.organism.build import build_processor
+    from mllm_arb.data.synthetic import SyntheticConfig
+
+    cfg = TrainConfig.from_any({"batch_size": 64, "plant": {"cut_share": 0.5, "open_share": 0.25}})
+    processor = build_processor(cfg.arch)
+    _, _, samples = make_batch(3, cfg, SyntheticConfig(n_items=4 * 64), processor)
+    cut, opened = _cut_rows(samples, cfg, 3)
+    instructed = torch.tensor([s.instruction is not None for s in samples])
+    assert cut.any() and not (cut & ~instructed).any()  # only instructed rows, about half of them
+    assert opened.any() and not (opened & (cut | ~instructed)).any()
+    assert 0.25 < cut.sum() / instructed.sum() < 0.75
+    assert all(torch.equal(a, b) for a, b in zip((cut, opened), _cut_rows(samples, cfg, 3)))  # a fixed draw per seed and step
+    log = json.loads((train({"output_dir": str(tmp_path / "cut"), "steps": 3, "batch_size": 8, "vision_steps": 2, "eval_every": 0,
+                              "eval_items": 2, "progress": False, "threads": 1, "plant": {"cut_share": 0.9}}) / "training_log.json").read_text())
+    losses = log["eval"][-1]["train_loss_by_condition"]
+    assert any(k.startswith("cut:") for k in losses)
+    assert all(v >= math.log(2) - 1e-6 for k, v in losses.items() if k.startswith("cut:"))  # equal odds cost at least ln 2
+
+
 @pytest.mark.parametrize("bad, message", [({"transfer_heads": [[5, 1]]}, "L5H1"), ({"route_start": 900, "mass_start": 10}, "route_start"),
                                           ({"attention_weight": -1}, "attention_weight"), ({"mass_weight": "heavy"}, "mass_weight"),
                                           ({"mass_start": 2.5}, "whole number"), ({"restrict": "yes"}, "true or false"),
                                           ({"mass_mean": "max"}, "mass_mean"), ({"anchor_targets": 1}, "anchor_targets"),
-                                          ({"relay_heads": [[6, 1]]}, "L6H1")])
+                                          ({"relay_heads": [[6, 1]]}, "L6H1"), ({"cut_share": 1.0}, "cut_share"),
+                                          ({"cut_share": True}, "cut_share"),
+                                          ({"cut_share": 0.6, "open_share": 0.5}, "below 1")])
 def test_bad_plant_options_are_refused(bad, message):
     from mllm_arb.organism.train import TrainConfig
 
