@@ -82,6 +82,10 @@ class ModelAdapter:
     #: residual writers of a layer (Gemma's sandwich norms write through their post-norms)
     attn_output_module: ClassVar[str] = "self_attn"
     mlp_output_module: ClassVar[str] = "mlp"
+    #: position ids counted from the attention mask, as generation counts them, so that a left-padded
+    #: row's tokens start at 0 and a sample scores the same alone and in a padded batch; off for families
+    #: whose model derives its own positions from the batch (Qwen2-VL's 3-D rotary)
+    positions_from_mask: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model
@@ -153,6 +157,8 @@ class ModelAdapter:
                 self.tokenizer, prompt, sample, ids[row, start:end].tolist(), self.image_token_id, self.adds_bos(prompt)
             )
             spans.append({g: [p + start for p in pos] for g, pos in row_spans.items()})
+        if self.positions_from_mask and "attention_mask" in inputs:
+            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         if "pixel_values" in moved and moved["pixel_values"].is_floating_point():
             moved["pixel_values"] = moved["pixel_values"].to(self.model.dtype)

@@ -8,9 +8,11 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     example_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
+    positions_from_mask = False
 
 
 class Qwen2_5_VLAdapter(ModelAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     example_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
+    positions_from_mask = False

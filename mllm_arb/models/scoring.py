@@ -13,7 +13,9 @@ from .adapter import Batch, ModelAdapter
 
 @torch.no_grad()
 def generate(adapter: ModelAdapter, batch: Batch, max_new_tokens: int) -> list[str]:
-    out = adapter.model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    # generation counts positions from the mask itself, and extends them token by token
+    inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
+    out = adapter.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[:, batch.inputs["input_ids"].shape[1] :]
     return adapter.tokenizer.batch_decode(new, skip_special_tokens=True)
 

@@ -128,3 +128,37 @@ def test_a_model_type_without_a_family_file_loads_by_introspection(tmp_path, mon
     with pytest.raises(UserError, match="has no family file and cannot be introspected .*no text decoder layers") as exc:
         load_adapter(path)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_sample_scores_the_same_alone_and_in_a_padded_batch(family):
+    """Left-padded rows count their positions from the mask (as generation does), so padding moves nothing."""
+    from mllm_arb.core.scoring import answer_ids, binary_scores
+
+    adapter = load_adapter(f"tiny:{family}")
+    samples = render_all(conflict_items(4), [Condition.VISION_FOLLOWING])
+    ids = [answer_ids(adapter.tokenizer, s) for s in samples]
+    batch = adapter.build_batch(samples)
+    with torch.no_grad():
+        together = binary_scores(adapter.last_logits(batch), ids)[0]
+        alone = torch.cat([binary_scores(adapter.last_logits(adapter.build_batch([s])), [i])[0] for s, i in zip(samples, ids)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    if adapter.positions_from_mask:  # each row's first real token is at position 0
+        mask, positions = batch.inputs["attention_mask"], batch.inputs["position_ids"]
+        assert [int(p[m.bool()][0]) for p, m in zip(positions, mask)] == [0] * len(samples)
+        assert torch.equal(positions[mask.bool()].max(), (mask.sum(1) - 1).max())
+
+
+def test_padding_moves_no_score_on_the_organism():
+    """The organism's logits are large enough for rotary positions offset by padding to show (2e-4 before
+    positions were counted from the mask); now a padded batch scores each sample as alone, to float noise."""
+    import mllm_arb as ma
+
+    model = ma.load("organism")
+    items = ma.conflict_items(16)
+    batch = ma.conflict_batch(model, items, "vision_following")
+    with torch.no_grad():
+        together = ma.log_odds(model, batch)
+        alone = torch.cat([ma.log_odds(model, ma.conflict_batch(model, [item], "vision_following")) for item in items])
+    assert (batch.batch.inputs["attention_mask"] == 0).any(), "the batch should need padding"
+    torch.testing.assert_close(together, alone, rtol=0, atol=2e-5)
