@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install analyze test bench timings clean browser
+.PHONY: install analyze test bench bench-gpu timings clean browser
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): a virtual environment, torch 2.13.0 (CPU build), then mllm-arb with its dev extra (a few minutes, once)"
@@ -29,6 +29,10 @@ test: $(STAMP) browser
 # measured ratios of the fast paths against the straightforward ones (benchmarks/, docs/performance.md); < 10 min on 2 cores
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+# the fast paths' ratios in bfloat16 on random-weight 7B-shaped LLaVA and Qwen2.5-VL models; needs a CUDA device, < 8 min
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu
 
 # the wall times the docs quote, in one go, into docs/timings.md (benchmarks/timings.py); about 15 min on 2 idle cores
 timings: $(STAMP) browser

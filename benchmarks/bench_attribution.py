@@ -19,14 +19,14 @@ from mllm_arb.pipeline.heads.methods import (
     verified_scores,
 )
 
-from .common import BATCH_SIZES, MODELS, Result, header, prepared, report
+from .common import BATCH_SIZES, MODELS, Result, header, prepared, report, synced
 
 SPEED, OVERLAP = 20.0, 0.75
 
 
 def _clock(fn):
     start = time.perf_counter()
-    out = fn()
+    out = synced(fn)
     return out, time.perf_counter() - start
 
 

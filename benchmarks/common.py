@@ -78,14 +78,23 @@ def describe(adapter) -> str:
 
 
 # ------------------------------------------------------------------------------------ measuring
+def synced(fn: Callable[[], object]) -> object:
+    """`fn()`, returning once the GPU (where one is in use) has finished its queued work: kernels run
+    asynchronously, so a clock read before that would time the launches, not the work."""
+    out = fn()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return out
+
+
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:
     """Best wall time of `repeat` calls (after one warm-up call), in seconds: on a machine shared with
     other work, noise only ever adds time, so the minimum is the closest to the cost itself."""
-    fn()
+    synced(fn)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        synced(fn)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -97,7 +106,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: bool 
     for round_ in range(repeat + int(warmup)):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
+            synced(fn)
             if round_ or not warmup:
                 times[name].append(time.perf_counter() - start)
     return {k: min(v) for k, v in times.items()}
@@ -107,13 +116,13 @@ def paired_ratio(base: Callable[[], object], other: Callable[[], object], rounds
     """(median over rounds of other's time / base's time in the same round, best base time, best other
     time): each round times both back to back, in alternating order, so load from other processes that
     comes and goes hits both sides of a ratio alike; the median ignores the rounds it hit unevenly."""
-    base(), other()  # warm-up
+    synced(base), synced(other)  # warm-up
     ratios, best = [], {"base": float("inf"), "other": float("inf")}
     for round_ in range(rounds):
         times = {}
         for name in (("base", "other") if round_ % 2 == 0 else ("other", "base")):
             start = time.perf_counter()
-            (base if name == "base" else other)()
+            synced(base if name == "base" else other)
             times[name] = time.perf_counter() - start
             best[name] = min(best[name], times[name])
         ratios.append(times["other"] / times["base"])
