@@ -366,7 +366,8 @@ def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family)
     adapter, preps = tiny(family)
     top = Arm("headline", "top", ((1, 0), (0, 1)), 0.0, controls=True)
     arms = [top, Arm("headline", "random", ((1, 1),), 0.0, seed=0), Arm("headline", "none", (), 0.0),
-            Arm("amplify", "top", top.heads, 3.0, controls=True)]
+            Arm("amplify", "top", top.heads, 3.0, controls=True),
+            Arm("dose", "top", ((0, 1), (1, 0)), 0.0, k=0.05)]  # the top set again, in another order
     settings, controls = preps[:1], preps[1:]
     base = {id(p): log_odds_under(adapter, p) for p in preps}
     for removal in (Removal("zero", "all"), Removal("zero", "last"),
@@ -378,6 +379,32 @@ def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family)
         for a, b in zip(rows[True], rows[False]):
             assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
             assert a["follows_after"] == b["follows_after"]
+
+
+def test_a_repeated_arm_costs_no_pass(tiny):
+    """The same heads at the same scale (the dose-response's arm at the headline's k) are computed once:
+    the decoder layers run over as many rows as without the repeat, and the repeat's rows are the first's."""
+    adapter, preps = tiny("llava")
+    arms = [Arm("headline", "top", ((1, 0), (0, 1)), 0.0), Arm("amplify", "top", ((1, 0), (0, 1)), 3.0)]
+    repeat = Arm("dose", "top", ((0, 1), (1, 0)), 0.0, k=0.05)
+    base = {id(p): log_odds_under(adapter, p) for p in preps[:1]}
+    calls = []
+    def rows_in(module, args, kwargs):  # rows (stacked variants included) a decoder layer runs over
+        calls.append((args[0] if args else kwargs["hidden_states"]).shape[0])
+
+    hooks = [layer.register_forward_pre_hook(rows_in, with_kwargs=True) for layer in adapter.parts.layers]
+    try:
+        counts, rows = [], []
+        for chosen in (arms, [*arms, repeat]):
+            calls.clear()
+            rows.append(run_arms(adapter, chosen, preps[:1], [], base, Removal("zero", "all")))
+            counts.append(sum(calls))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert counts[0] == counts[1]
+    n = len(preps[0].batch)
+    assert [r["log_odds_after"] for r in rows[1][-n:]] == [r["log_odds_after"] for r in rows[1][:n]]
 
 
 def test_arms_run_no_pass_where_none_applies(tiny):

@@ -211,7 +211,18 @@ def edited_log_odds(
     run = run or PrefixRun(adapter, batch)
     base = binary_scores(run.logits, prep.ids)[0].cpu()
     after = base.repeat(len(edits), 1)
-    todo = [j for j, (heads, _) in enumerate(edits) if heads]
+    # an edit that repeats an earlier one (the same heads at the same scale: the dose-response's 5% arms
+    # are the headline's) is computed once and copied
+    first: dict[tuple, int] = {}
+    todo, copies = [], []
+    for j, (heads, scale) in enumerate(edits):
+        if heads:
+            key = (tuple(sorted(heads)), float(scale))
+            if key in first:
+                copies.append((j, first[key]))
+            else:
+                first[key] = j
+                todo.append(j)
     where = position_mask(batch, removal.positions)
     position = run.start_for(where)
     where = where[:, position:]
@@ -239,6 +250,8 @@ def edited_log_odds(
     log_odds = binary_scores(logits.flatten(0, 1), list(prep.ids) * len(todo))[0].cpu().view(len(todo), n_rows)
     for v, j in enumerate(todo):
         after[j] = log_odds[v]
+    for j, source in copies:
+        after[j] = after[source]
     return base, after
 
 
