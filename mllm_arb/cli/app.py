@@ -175,16 +175,18 @@ def run_stage(command: str, overrides: list[str] | None, print_cfg: bool, resume
 @app.command("models")
 def models_cmd() -> None:
     """List supported model families and their configs."""
-    from ..models.loading import ADAPTERS
+    from ..models.loading import ADAPTERS, IntrospectedAdapter
 
     configs = {p.stem: OmegaConf.load(p) for p in sorted((conf_dir() / "model").glob("*.yaml"))}
     table = Table(title="Supported model families and their configs (use: model=<config>)")
-    for col in ("family", "model types", "config", "loads"):
+    for col in ("family", "model types", "config", "loads", "what the analyses must know"):
         table.add_column(col, overflow="fold")
-    for a in ADAPTERS:
+    for a in (*ADAPTERS, IntrospectedAdapter):
         mine = [(name, str(c.path)) for name, c in configs.items() if c.get("family") == a.family]
+        types = ", ".join(a.model_types) if a.model_types else "any other"
         for k, (name, path) in enumerate(mine or [("", "")]):
-            table.add_row(a.family if k == 0 else "", ", ".join(a.model_types) if k == 0 else "", name, path, end_section=k == len(mine) - 1)
+            table.add_row(a.family if k == 0 else "", types if k == 0 else "", name, path, a.quirks if k == 0 else "",
+                          end_section=k == len(mine) - 1)
     console.print(table)
 
 

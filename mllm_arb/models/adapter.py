@@ -86,6 +86,8 @@ class ModelAdapter:
     #: row's tokens start at 0 and a sample scores the same alone and in a padded batch; off for families
     #: whose model derives its own positions from the batch (Qwen2-VL's 3-D rotary)
     positions_from_mask: ClassVar[bool] = True
+    #: what an analysis must know about the family, in one line (`mllm-arb models`)
+    quirks: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model

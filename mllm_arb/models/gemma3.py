@@ -9,6 +9,8 @@ class Gemma3Adapter(ModelAdapter):
     model_types = ("gemma3",)
     nest_images = True
     example_checkpoint = "google/gemma-3-4b-it"
+    quirks = ("bidirectional attention inside an image (suffix sweeps start at its first position); sandwich norms: "
+              "the residual writers are the post-norms; sliding and full attention layers")
     image_token_attrs = ("image_token_id", "image_token_index")
     attn_output_module = "post_attention_layernorm"
     mlp_output_module = "post_feedforward_layernorm"

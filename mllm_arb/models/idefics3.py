@@ -8,3 +8,4 @@ class Idefics3Adapter(ModelAdapter):
     model_types = ("idefics3", "smolvlm")
     nest_images = True
     example_checkpoint = "HuggingFaceTB/SmolVLM-Instruct"
+    quirks = "image split into tiles plus a global view, each wrapped in fake-token markers"

@@ -7,3 +7,4 @@ class InternVLAdapter(ModelAdapter):
     family = "internvl"
     model_types = ("internvl",)
     example_checkpoint = "OpenGVLab/InternVL3-8B-hf"
+    quirks = "<IMG_CONTEXT> tokens wrapped in <img> / </img>"

@@ -7,3 +7,4 @@ class LlavaNextAdapter(ModelAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
     example_checkpoint = "llava-hf/llava-v1.6-mistral-7b-hf"
+    quirks = "anyres tiles and row-newline tokens inside the image span: its length depends on the image size"

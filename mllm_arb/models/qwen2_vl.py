@@ -9,6 +9,7 @@ class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl",)
     example_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     positions_from_mask = False
+    quirks = "3-D rotary positions from the image grid (the model's own, not counted from the mask); image span length depends on the image size"
 
 
 class Qwen2_5_VLAdapter(ModelAdapter):
@@ -16,3 +17,4 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     model_types = ("qwen2_5_vl",)
     example_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
     positions_from_mask = False
+    quirks = "3-D rotary positions from the image grid (the model's own, not counted from the mask); image span length depends on the image size"

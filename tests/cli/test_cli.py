@@ -11,8 +11,17 @@ from ..conftest import FAMILIES, conflict_items, invoke, only_run, write_items
 def test_models_lists_every_family():
     result = invoke("models")
     assert result.exit_code == 0
-    for family in FAMILIES:
+    for family in (*FAMILIES, "introspected"):
         assert family in result.output
+
+
+def test_every_family_says_what_the_analyses_must_know():
+    from mllm_arb.models.loading import ADAPTERS, IntrospectedAdapter
+
+    assert all(a.quirks for a in (*ADAPTERS, IntrospectedAdapter))
+    positions = {a.family: a.positions_from_mask for a in ADAPTERS}
+    assert not positions["qwen2_vl"] and not positions["qwen2_5_vl"]  # their own 3-D positions, said in their quirks
+    assert all("3-D rotary" in a.quirks for a in ADAPTERS if not a.positions_from_mask)
 
 
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path):
