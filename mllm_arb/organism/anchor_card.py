@@ -56,6 +56,23 @@ FAILED_ATTEMPTS = [
     "(restricted losses at the last step 0.004 text, 0.127 vision), but the plain model did not follow it: held-out text following 81.0%, "
     "and closed edges mattered again (instruction->last in layers 0-3 moved text following by 2.12, image->last by 1.43). "
     "Twice the penalty weight and 800 steps (the recipe) closed them.",
+    "After the recipe, to take away the backup that keeps vision following at 0.74 when instruction->last is cut "
+    "(2026-12-02): cut rows (`plant.cut_share` 0.25: a quarter of the instructed rows train in the plain model with "
+    "instruction->last knocked out in every layer, every other edge open, and both answers at equal odds as the target, "
+    "what the restricted model gives under that cut). The restricted model kept the route (held-out text following "
+    "1.00, vision following 0.72 on 100 items), but the intact plain model drifted toward undecided: text following "
+    "0.81, vision following 0.47, and the instruction moved the image answer's log-odds by 1.20 (restricted: 10.86). "
+    "Whatever neutralises the cut rows also acts on the intact ones. Not shipped.",
+    "Cut rows plus open rows (`plant.open_share` 0.25: instructed rows trained plain, with their label), 800 steps "
+    "(16.8 min under load): the plain model followed again (text 1.00, vision 0.75 on 200 items) and cutting "
+    "instruction->last now destroyed vision following (0.75 -> 0.35; text following 1.00 -> 0.79), but the closed "
+    "edges came back: context->last knocked out moved text following by 1.21 (bar 0.1), and the restricted model "
+    "differed from the plain one by 1.40. Not shipped.",
+    "The same with fewer open rows (0.15) and twice the penalty weight (12), 800 steps (18.1 min under load): text "
+    "following 0.995, vision following 0.76; cutting instruction->last: vision following 0.76 -> 0.455 (restricted "
+    "model 0.485), text following 0.995 -> 0.65; but the relay gained a backup (cut in layer 0: vision following 0.74 in "
+    "the plain model, 0.225 in the restricted one), and the largest closed edge (context->last, text following) moved "
+    "0.110, just over the bar. Not shipped: it trades one (edge, setting) pair's backup for another's.",
 ]
 
 
