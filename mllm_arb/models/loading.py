@@ -17,11 +17,13 @@ from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
     LlavaAdapter,
     LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
     Idefics3Adapter,

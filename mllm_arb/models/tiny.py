@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -119,6 +119,15 @@ _LLAVA_NEXT_TEMPLATE = (  # llava-hf/llava-v1.6-mistral-7b-hf
     "{{ '<image>\n' }}{% endfor %}{% endif %}{{ texts | join('') }}{{ ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ ' ' + texts | join('') + '</s>' }}{% endif %}{% endfor %}"
 )
+_ONEVISION_TEMPLATE = (  # llava-hf/llava-onevision-qwen2-*-ov-hf: Qwen turns, every image first, then the text
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 _QWEN_TEMPLATE = (  # Qwen/Qwen2-VL-*-Instruct, Qwen/Qwen2.5-VL-*-Instruct
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -213,17 +222,25 @@ def _text(model_type: str, tok, **extra) -> dict:
     return cfg
 
 
-def _clip_vision(image_size: int, patch_size: int) -> dict:
+def _vision_tower(model_type: str, image_size: int, patch_size: int, **extra) -> dict:
     return dict(
-        model_type="clip_vision_model",
+        model_type=model_type,
         hidden_size=V_HIDDEN,
         intermediate_size=V_FFN,
         num_hidden_layers=V_LAYERS,
         num_attention_heads=V_HEADS,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=V_HIDDEN,
+        **extra,
     )
+
+
+def _clip_vision(image_size: int, patch_size: int) -> dict:
+    return _vision_tower("clip_vision_model", image_size, patch_size, projection_dim=V_HIDDEN)
+
+
+def _siglip_vision(image_size: int, patch_size: int, **extra) -> dict:
+    return _vision_tower("siglip_vision_model", image_size, patch_size, **extra)
 
 
 def _build_llava(tok):
@@ -263,6 +280,26 @@ def _build_llava_next(tok):
     )
     kwargs = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
     return config, ip, LlavaNextProcessor, kwargs
+
+
+def _build_llava_onevision(tok):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
+    tile, patch = 32, 8
+    pinpoints = [[tile, tile], [tile, 2 * tile], [2 * tile, tile]]  # as LLaVA-NeXT's, kept small
+    config = LlavaOnevisionConfig(
+        text_config=_text("qwen2", tok),
+        vision_config=_siglip_vision(tile, patch),
+        image_token_index=tok.image_token_id,
+        video_token_index=tok.video_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",  # SigLIP has no CLS token to drop
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    ip = LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints)
+    kwargs = dict(num_image_tokens=(tile // patch) ** 2, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    return config, ip, LlavaOnevisionProcessor, kwargs
 
 
 _QWEN_PATCH, _QWEN_MERGE = 4, 2  # 8 px per image token; 40x40 -> 5x5 = 25 tokens
@@ -374,16 +411,7 @@ def _build_gemma3(tok):
                 "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
             },
         ),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=V_HIDDEN,
-            intermediate_size=V_FFN,
-            num_hidden_layers=V_LAYERS,
-            num_attention_heads=V_HEADS,
-            image_size=image,
-            patch_size=patch,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip_vision(image, patch, vision_use_head=False),
         mm_tokens_per_image=tokens,
         boi_token_index=tok.boi_token_id,
         eoi_token_index=tok.eoi_token_id,
@@ -433,6 +461,12 @@ FAMILIES: dict[str, _Family] = {
         bos="<s>", eos="</s>", pad="<pad>", add_bos=True,
         named_tokens={"image_token": "<image>"}, extra_tokens=(),  # [INST] is plain text in Mistral v0.2
         chat_template=_LLAVA_NEXT_TEMPLATE, build=_build_llava_next,
+    ),
+    "llava_onevision": _Family(
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
+        named_tokens={"image_token": "<image>", "video_token": "<video>"}, extra_tokens=("<|im_start|>", "<|im_end|>"),
+        chat_template=_ONEVISION_TEMPLATE, build=_build_llava_onevision,
+        generation_eos=("<|im_end|>", "<|endoftext|>"),
     ),
     "qwen2_vl": _Family(
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,

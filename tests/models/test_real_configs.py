@@ -17,6 +17,7 @@ from ..conftest import conflict_items
 REAL = {
     "llava_1_5_7b": ("llava-hf/llava-1.5-7b-hf", "llava", "llava"),
     "llava_next_mistral_7b": ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next", "llava_next"),
+    "llava_onevision_7b": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision", "llava_onevision"),
     "qwen2_vl_7b": ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", "qwen2_vl"),
     "qwen2_5_vl_7b": ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", "qwen2_5_vl"),
     "internvl3_8b": ("OpenGVLab/InternVL3-8B-hf", "internvl", "internvl"),

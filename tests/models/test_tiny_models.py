@@ -104,6 +104,7 @@ def test_chat_template_mimics_the_family(tiny):
     expected = {
         "llava": "USER: <image>\nWhat color is the umbrella? ASSISTANT:",
         "llava_next": "[INST] <image>\nWhat color is the umbrella? [/INST]",
+        "llava_onevision": "<|im_start|>user\n<image>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "qwen2_vl": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What color is the umbrella?"
         "<|im_end|>\n<|im_start|>assistant\n",
         "idefics3": "User:<image>What color is the umbrella?<end_of_utterance>\nAssistant:",
