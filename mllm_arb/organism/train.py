@@ -94,6 +94,12 @@ class PlantConfig:
     #: share of instructed rows that train plain (every edge open) with their label, beside the cut rows:
     #: the intact model is told to follow the instruction when the route is there
     open_share: float = 0.0
+    #: a cut row's target: "equal" (its two answers at equal odds) or "restricted" (the route-restricted
+    #: model's own next-token distribution under the same cut, computed without gradient)
+    cut_target: str = "equal"
+    #: share of cut rows whose cut is the relay (instruction->instruction in the relay layers, every head)
+    #: instead of instruction->last
+    relay_cut_share: float = 0.0
 
     def mass_weight_at(self, step: int) -> float:
         if step < self.mass_start:
@@ -224,7 +230,9 @@ class TrainConfig:
                     raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
             if self.plant.cut_share + self.plant.open_share >= 1:
                 raise ValueError("plant.cut_share + plant.open_share must stay below 1 (some rows train on the route)")
-            for name in ("head_dropout", "cut_share", "open_share"):
+            if self.plant.cut_target not in ("equal", "restricted"):
+                raise ValueError(f"plant.cut_target must be 'equal' or 'restricted', not {self.plant.cut_target!r}")
+            for name in ("head_dropout", "cut_share", "open_share", "relay_cut_share"):
                 share = getattr(self.plant, name)
                 if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
                     raise ValueError(f"plant.{name} must be a probability in [0, 1), not {share!r}")
@@ -486,18 +494,25 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
             weight = cfg.plant.mass_weight_at(step) if truth is not None else 0.0
             routed = truth is not None and step >= cfg.plant.route_start
             none = torch.zeros(len(samples), dtype=torch.bool)
-            cut, opened = _cut_rows(samples, cfg, step) if routed else (none, none)
-            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant, cut, opened,
+            cut, opened, relay = _cut_rows(samples, cfg, step) if routed else (none, none, none)
+            wanted = None
+            if cut.any() and cfg.plant.cut_target == "restricted":
+                wanted = _restricted_target(model, processor, samples, inputs, truth, cut, relay)
+            with _route(model, processor, samples, inputs, truth if routed else None, cfg.plant, cut, opened, relay,
                         record_mass=weight > 0 or (routed and cfg.plant.attention_weight > 0)) as (batch, mass), \
                     _dropped_heads(model, truth if routed else None, cfg.plant, cfg.seed, step):
                 anchored = batch is not None and cfg.plant.anchor_loss_weight > 0
                 forward = model(**inputs, use_cache=False, logits_to_keep=2, output_hidden_states=anchored)
                 logits = forward.logits.float()
             per_row = F.cross_entropy(logits[:, 0], targets, reduction="none")
-            if cut.any():  # a cut row's target: its two answers at equal odds
-                pair = torch.tensor([[first_token_id(processor.tokenizer, a) for a in (s.following, s.competitor)] for s in samples])
+            if cut.any():  # a cut row's target: its two answers at equal odds, or the restricted model's output
                 logp = logits[:, 0].log_softmax(-1)
-                per_row = torch.where(cut, -0.5 * logp.gather(1, pair).sum(1), per_row)
+                if wanted is None:
+                    pair = torch.tensor([[first_token_id(processor.tokenizer, a) for a in (s.following, s.competitor)] for s in samples])
+                    per_row = torch.where(cut, -0.5 * logp.gather(1, pair).sum(1), per_row)
+                else:
+                    per_row = per_row.clone()
+                    per_row[cut] = -(wanted * logp[cut]).sum(-1)
             loss_answer = per_row.mean()
             for sample, row_loss, is_cut, is_open in zip(samples, per_row.detach().tolist(), cut.tolist(), opened.tolist()):
                 kind = "cut:" if is_cut else "open:" if is_open else ""
@@ -588,15 +603,57 @@ def _cut_rows(samples, cfg: TrainConfig, step: int):
     share = cfg.plant.cut_share
     cut = instructed & (u < share)
     opened = instructed & (u >= share) & (u < share + cfg.plant.open_share)
-    return torch.from_numpy(cut), torch.from_numpy(opened)
+    relay = cut & (rng.random(len(samples)) < cfg.plant.relay_cut_share)
+    return torch.from_numpy(cut), torch.from_numpy(opened), torch.from_numpy(relay)
+
+
+def _cut_blocks(batch, truth, relay) -> dict:
+    """Per layer, `[B, H, T, T]`: each row's cut edge in every head: the planted relay edge
+    (instruction->instruction in the relay heads' layers, as the plant check cuts it) on `relay` rows,
+    instruction->last (every layer) on the others."""
+    import torch
+
+    from ..interventions.knockout import knockout_mask
+
+    last = knockout_mask(batch, [("instruction", "last")])
+    inner = knockout_mask(batch, [("instruction", "instruction")])
+    rows = relay[:, None, None]
+    relay_layers = {l for l, _ in truth.relay_heads}
+    out = {}
+    for layer in range(truth.n_layers):
+        cut = torch.where(rows, inner if layer in relay_layers else torch.zeros_like(inner), last)
+        out[layer] = cut[:, None].expand(-1, truth.n_heads, -1, -1)
+    return out
+
+
+def _restricted_target(model, processor, samples, inputs, truth, cut, relay):
+    """`[n cut rows, vocab]`: the route-restricted model's next-token distribution on the cut rows, under
+    their cut (no gradient): what a model whose only route is the planted one gives once it is cut."""
+    import torch
+
+    from ..interventions.plant import restrict_blocks, route_blocks
+    from ..models.llava import LlavaAdapter
+    from .batching import batch_with_spans
+
+    rows = cut.nonzero().flatten()
+    with_image = [i for i, s in enumerate(samples) if s.image is not None]
+    sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    if "pixel_values" in inputs:
+        sub["pixel_values"] = inputs["pixel_values"][[with_image.index(int(i)) for i in rows]]
+    chosen = [samples[int(i)] for i in rows]
+    batch = batch_with_spans(processor, chosen, sub, sub["input_ids"].shape[1] - 1, model.config.image_token_id)
+    route, cuts = route_blocks(batch, truth), _cut_blocks(batch, truth, relay[rows])
+    with torch.no_grad(), restrict_blocks(LlavaAdapter(model, processor), {l: route[l] | cuts[l] for l in route}):
+        logits = model(**sub, use_cache=False, logits_to_keep=2).logits[:, 0].float()
+    return logits.softmax(-1)
 
 
 @contextmanager
-def _route(model, processor, samples, inputs, truth, plant, cut=None, opened=None, record_mass: bool = True):
+def _route(model, processor, samples, inputs, truth, plant, cut=None, opened=None, relay=None, record_mass: bool = True):
     """One forward under the plant: yields `(batch with spans, mass record)`, both None without a plant
     (the record None when not asked for: it costs time). Instructed rows are restricted to the route
-    (with `plant.restrict`), except `cut` rows ([B] bool), which keep every edge but instruction->last,
-    and `opened` rows, which keep every edge;
+    (with `plant.restrict`), except `cut` rows ([B] bool), which keep every edge but their cut edge
+    (instruction->last, or the relay on `relay` rows), and `opened` rows, which keep every edge;
     the record holds the mass the model's own mask would give closed edges."""
     if truth is None:
         yield None, None
@@ -615,11 +672,9 @@ def _route(model, processor, samples, inputs, truth, plant, cut=None, opened=Non
     blocks = route_blocks(batch, truth)
     applied = blocks
     if cut is not None and cut.any():
-        from ..interventions.knockout import knockout_mask
-
-        severed = knockout_mask(batch, [("instruction", "last")])[:, None].expand(-1, truth.n_heads, -1, -1)
+        severed = _cut_blocks(batch, truth, relay if relay is not None else torch.zeros_like(cut))
         rows = cut[:, None, None, None]
-        applied = {layer: torch.where(rows, severed, block) for layer, block in blocks.items()}
+        applied = {layer: torch.where(rows, severed[layer], block) for layer, block in blocks.items()}
     if opened is not None and opened.any():
         applied = {layer: block & ~opened[:, None, None, None] for layer, block in applied.items()}
     restriction = restrict_blocks(LlavaAdapter(model, processor), applied) if plant.restrict else nullcontext()

@@ -266,6 +266,29 @@ def test_a_short_planted_run_saves_its_ground_truth_and_pushes_mass_off_closed_e
     assert {"text_following", "vision_following"} & set(log["eval"][-1]["train_loss_by_condition"])
 
 
+def test_cut_rows_can_train_toward_the_restricted_model_under_the_same_cut(tmp_path):
+    """`plant.cut_target: restricted`: a cut row's target is the route-restricted model's output under the
+    same cut (the relay on some rows); it is a distribution, so the loss is a cross-entropy against it."""
+    from mllm_arb.organism.train import TrainConfig, _cut_rows, _restricted_target, make_batch, train
+    from mllm_arb.organism.build import build_model, build_processor
+    from mllm_arb.data.synthetic import SyntheticConfig
+
+    plant = {"cut_share": 0.5, "relay_cut_share": 0.5, "cut_target": "restricted", "relay_heads": [[0, 3]]}
+    cfg = TrainConfig.from_any({"batch_size": 16, "plant": plant})
+    processor = build_processor(cfg.arch)
+    model = build_model(processor, cfg.arch)
+    inputs, _, samples = make_batch(2, cfg, SyntheticConfig(n_items=3 * 16), processor)
+    cut, _, relay = _cut_rows(samples, cfg, 2)
+    assert cut.any() and relay.any() and not (relay & ~cut).any()
+    wanted = _restricted_target(model, processor, samples, inputs, cfg.plant.ground_truth(cfg.arch), cut, relay)
+    assert wanted.shape == (int(cut.sum()), model.config.text_config.vocab_size)
+    torch.testing.assert_close(wanted.sum(-1), torch.ones(len(wanted)))
+    out = train({"output_dir": str(tmp_path / "kl"), "steps": 2, "batch_size": 8, "vision_steps": 2, "eval_every": 0,
+                 "eval_items": 2, "progress": False, "threads": 1, "plant": {**plant, "cut_share": 0.9}})
+    losses = json.loads((out / "training_log.json").read_text())["eval"][-1]["train_loss_by_condition"]
+    assert any(k.startswith("cut:") for k in losses)
+
+
 def test_cut_rows_train_plain_with_the_route_cut_at_equal_odds(tmp_path):
     from mllm_arb.organism.train import TrainConfig, _cut_rows, make_batch, train
     from mllm_arb.organism.build import build_processor
@@ -274,12 +297,12 @@ def test_cut_rows_train_plain_with_the_route_cut_at_equal_odds(tmp_path):
     cfg = TrainConfig.from_any({"batch_size": 64, "plant": {"cut_share": 0.5, "open_share": 0.25}})
     processor = build_processor(cfg.arch)
     _, _, samples = make_batch(3, cfg, SyntheticConfig(n_items=4 * 64), processor)
-    cut, opened = _cut_rows(samples, cfg, 3)
+    cut, opened, _ = _cut_rows(samples, cfg, 3)
     instructed = torch.tensor([s.instruction is not None for s in samples])
     assert cut.any() and not (cut & ~instructed).any()  # only instructed rows, about half of them
     assert opened.any() and not (opened & (cut | ~instructed)).any()
     assert 0.25 < cut.sum() / instructed.sum() < 0.75
-    assert all(torch.equal(a, b) for a, b in zip((cut, opened), _cut_rows(samples, cfg, 3)))  # a fixed draw per seed and step
+    assert all(torch.equal(a, b) for a, b in zip((cut, opened), _cut_rows(samples, cfg, 3)[:2]))  # a fixed draw per seed and step
     log = json.loads((train({"output_dir": str(tmp_path / "cut"), "steps": 3, "batch_size": 8, "vision_steps": 2, "eval_every": 0,
                               "eval_items": 2, "progress": False, "threads": 1, "plant": {"cut_share": 0.9}}) / "training_log.json").read_text())
     losses = log["eval"][-1]["train_loss_by_condition"]
@@ -293,7 +316,8 @@ def test_cut_rows_train_plain_with_the_route_cut_at_equal_odds(tmp_path):
                                           ({"mass_mean": "max"}, "mass_mean"), ({"anchor_targets": 1}, "anchor_targets"),
                                           ({"relay_heads": [[6, 1]]}, "L6H1"), ({"cut_share": 1.0}, "cut_share"),
                                           ({"cut_share": True}, "cut_share"),
-                                          ({"cut_share": 0.6, "open_share": 0.5}, "below 1")])
+                                          ({"cut_share": 0.6, "open_share": 0.5}, "below 1"),
+                                          ({"cut_target": "chance"}, "cut_target"), ({"relay_cut_share": -0.1}, "relay_cut_share")])
 def test_bad_plant_options_are_refused(bad, message):
     from mllm_arb.organism.train import TrainConfig
 
