@@ -228,14 +228,14 @@ class TrainConfig:
                 allowed = (int,) if kind is int else (int, float)
                 if isinstance(value, bool) or not isinstance(value, allowed) or not value >= 0:
                     raise ValueError(f"plant.{name} must be {'a whole number' if kind is int else 'a number'} >= 0, not {value!r}")
-            if self.plant.cut_share + self.plant.open_share >= 1:
-                raise ValueError("plant.cut_share + plant.open_share must stay below 1 (some rows train on the route)")
             if self.plant.cut_target not in ("equal", "restricted"):
                 raise ValueError(f"plant.cut_target must be 'equal' or 'restricted', not {self.plant.cut_target!r}")
             for name in ("head_dropout", "cut_share", "open_share", "relay_cut_share"):
                 share = getattr(self.plant, name)
                 if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
                     raise ValueError(f"plant.{name} must be a probability in [0, 1), not {share!r}")
+            if self.plant.cut_share + self.plant.open_share >= 1:
+                raise ValueError("plant.cut_share + plant.open_share must stay below 1 (some rows train on the route)")
             if not isinstance(self.plant.anchor_targets, bool):
                 raise ValueError(f"plant.anchor_targets must be true or false, not {self.plant.anchor_targets!r}")
             if not isinstance(self.plant.restrict, bool):
@@ -618,7 +618,7 @@ def _cut_blocks(batch, truth, relay) -> dict:
     last = knockout_mask(batch, [("instruction", "last")])
     inner = knockout_mask(batch, [("instruction", "instruction")])
     rows = relay[:, None, None]
-    relay_layers = {l for l, _ in truth.relay_heads}
+    relay_layers = {l for e in truth.planted_edges() if e.src == e.dst == "instruction" for l in e.layers}
     out = {}
     for layer in range(truth.n_layers):
         cut = torch.where(rows, inner if layer in relay_layers else torch.zeros_like(inner), last)
