@@ -592,9 +592,10 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
 
 
 def _cut_rows(samples, cfg: TrainConfig, step: int):
-    """`([B], [B])` True on this step's cut rows and open rows: each instructed row is cut with
-    probability `plant.cut_share`, else open with probability `plant.open_share` (a fixed draw per seed
-    and step)."""
+    """`([B], [B], [B])` True on this step's cut rows, open rows, and the cut rows whose cut is the relay:
+    each instructed row is cut with probability `plant.cut_share`, else open with probability
+    `plant.open_share`; a cut row cuts the relay with probability `plant.relay_cut_share` (fixed draws
+    per seed and step)."""
     import torch
 
     rng = np.random.default_rng([int(cfg.seed), int(step), 0xC07])
