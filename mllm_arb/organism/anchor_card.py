@@ -56,7 +56,13 @@ FAILED_ATTEMPTS = [
     "(restricted losses at the last step 0.004 text, 0.127 vision), but the plain model did not follow it: held-out text following 81.0%, "
     "and closed edges mattered again (instruction->last in layers 0-3 moved text following by 2.12, image->last by 1.43). "
     "Twice the penalty weight and 800 steps (the recipe) closed them.",
-    "After the recipe, to take away the backup that keeps vision following at 0.74 when instruction->last is cut "
+    "The relay rule at 800 steps and penalty weight 6, no cut rows (shipped until 2026-12-02): every closed edge below "
+    "the bar (largest 0.050) and the exact top 4 all planted, but the closed edges were a backup once the route was cut: "
+    "with instruction->last knocked out, vision following stayed at 0.74 in the plain model (0.51 in the restricted one), "
+    "because the image and context content still reached the last position through closed edges and the model then "
+    "answered as under a vision instruction. The instruction's effect was gone (the image answer's log-odds gap between "
+    "the two instructions +13.48 -> -0.10) but following was not. Cut rows (the recipe above) took the backup away.",
+    "After that recipe, to take away the backup that keeps vision following at 0.74 when instruction->last is cut "
     "(2026-12-02): cut rows (`plant.cut_share` 0.25: a quarter of the instructed rows train in the plain model with "
     "instruction->last knocked out in every layer, every other edge open, and both answers at equal odds as the target, "
     "what the restricted model gives under that cut). The restricted model kept the route (held-out text following "
@@ -136,6 +142,15 @@ def write_anchor_card(path: str | Path, results: dict, plant: dict, training_log
                                        "that the one position that answers weighs as much as the many question and format "
                                        "positions" if p.get("mass_mean") == "groups" else "averaged over every (row, head, query)")
         + ". It makes the open edges irrelevant at inference, so the plain model behaves as the restricted one.",
+        *([f"5. Cut rows ({p['cut_share']:.0%} of the instructed rows): trained in the plain model, every closed edge open, "
+           f"with one route edge knocked out ({p.get('relay_cut_share', 0):.0%} of them the relay in layer 0, the others "
+           "instruction->last in every layer) and, as the target, "
+           + ("the route-restricted model's own output under the same cut (KL, no gradient through the target)"
+              if p.get("cut_target") == "restricted" else "both answers at equal odds")
+           + ". Without them the closed edges were a backup: once the route was cut the plain model still answered "
+           "from content that reached the last position through them (attempts below)."] if p.get("cut_share") else []),
+        *([f"6. Open rows ({p['open_share']:.0%} of the instructed rows): trained plain, every edge open, with their label, "
+           "so that the intact plain model keeps following the instruction."] if p.get("open_share") else []),
         "",
         f"Training time: {training_log['train_seconds'] / 60:.1f} min on {training_log['threads']} CPU threads "
         f"(torch {training_log['torch']}, load average {training_log.get('loadavg_start')} at start). "
