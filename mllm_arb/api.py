@@ -144,15 +144,16 @@ def lens(model: ModelAdapter, batch: ConflictBatch, positions: str = "last") -> 
     `log_odds`."""
     trace = capture_residuals(model, batch.batch, positions if positions == "last" else _last_of(batch, positions))
     f, c = stream_scores(model, trace, [a.following for a in batch.ids], [a.competitor for a in batch.ids])
-    # stream points: before layer 0, then after each attention and each MLP write; keep the layer ends
-    return (f - c)[:, 0, ::2].cpu()
+    # stream points: before layer 0, then after each component's write; keep the layer ends
+    return (f - c)[:, 0, :: len(trace.sublayers)].cpu()
 
 
 @torch.no_grad()
 def contributions(model: ModelAdapter, batch: ConflictBatch) -> Contributions:
     """Each layer's attention and MLP write, read through the lens at the last position: how much it
-    moves the following answer's score over the competitor's (`.difference`: `[B, 1, layers, 2]`,
-    attention then MLP). They sum, with the stream's start, to the final log-odds."""
+    moves the following answer's score over the competitor's (`.difference`: `[B, 1, layers, k]`,
+    attention, MLP, then a between-layer writer where the family has one: `.sublayers`). They sum, with
+    the stream's start, to the final log-odds."""
     trace = capture_residuals(model, batch.batch, "last")
     return contributions_from_trace(model, trace, [a.following for a in batch.ids], [a.competitor for a in batch.ids])
 

@@ -3,9 +3,11 @@ sublayer, read through the final norm and the unembedding.
 
 One forward pass with hooks records, at the chosen positions, the residual before each layer and the
 writes of its attention and MLP sublayers (the adapter's `attn_writer`/`mlp_writer`: Gemma 3's sandwich
-norms write through their post-norms, not through `self_attn`/`mlp`), plus the residual entering the
-final norm. The residual after a sublayer is rebuilt as `before + write`, exactly the addition the
-layer itself performs, so nothing of the model's forward is re-implemented.
+norms write through their post-norms, not through `self_attn`/`mlp`), what the model writes between
+layers besides them (Qwen3-VL's DeepStack, `interventions/gaps.py`: its own component, after the MLP),
+plus the residual entering the final norm. The residual after a sublayer is rebuilt as
+`before + write`, exactly the addition the layer itself performs, so nothing of the model's forward is
+re-implemented.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.adapter import Batch
+from .gaps import record_gaps
 
 SUBLAYERS = ("attn", "mlp")
 
@@ -27,7 +30,9 @@ class ResidualTrace:
 
     `pre`, `attn`, `mlp`: `[L, B, P, d]`: the residual entering layer l, and what its attention and MLP
     sublayers add to it. `final`: `[B, P, d]` the residual entering the final norm. `logits`: `[B, P, V]`
-    the model's own output logits there (what the lens at the final residual must reproduce).
+    the model's own output logits there (what the lens at the final residual must reproduce). `gap`:
+    `[L, B, P, d]` what the model writes after layer l besides attention and MLP (named `gap_name`;
+    None for families without such a writer), so that `post[l] + gap[l]` is the input of layer l + 1.
     """
 
     positions: torch.Tensor
@@ -37,6 +42,13 @@ class ResidualTrace:
     mlp: torch.Tensor
     final: torch.Tensor
     logits: torch.Tensor
+    gap: torch.Tensor | None = None
+    gap_name: str = ""
+
+    @property
+    def sublayers(self) -> tuple[str, ...]:
+        """The components each layer has, in the order they write: attention, MLP, then a between-layer writer."""
+        return SUBLAYERS + ((self.gap_name,) if self.gap is not None else ())
 
     @property
     def n_layers(self) -> int:
@@ -53,11 +65,14 @@ class ResidualTrace:
         return self.mid + self.mlp
 
     def stream(self) -> torch.Tensor:
-        """`[2L + 1, B, P, d]`: the residual before layer 0, then after each sublayer in order."""
+        """`[kL + 1, B, P, d]` (k: `len(sublayers)`): the residual before layer 0, then after each
+        component in order."""
         mid, post = self.mid, self.post
         points = [self.pre[0]]
         for layer in range(self.n_layers):
             points += [mid[layer], post[layer]]
+            if self.gap is not None:
+                points.append(post[layer] + self.gap[layer])
         return torch.stack(points)
 
 
@@ -94,7 +109,8 @@ def _written(output) -> torch.Tensor:
 def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
     """Record, during the forward passes inside, the residual pieces at `positions` (`[B, P]`).
 
-    Yields a dict filled with `pre`/`attn`/`mlp` (lists of `[B, P, d]` per layer) and `final`.
+    Yields a dict filled with `pre`/`attn`/`mlp` (lists of `[B, P, d]` per layer), `final`, and `gaps`
+    (the between-layer writes, `interventions/gaps.py`).
     """
     parts = adapter.parts
     n_layers = parts.n_layers
@@ -130,6 +146,7 @@ def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
                 stack.callback(handle.remove)
         handle = parts.final_norm.register_forward_pre_hook(final_hook, with_kwargs=True)
         stack.callback(handle.remove)
+        record["gaps"] = stack.enter_context(record_gaps(adapter))
         yield record
 
 
@@ -143,7 +160,11 @@ def capture_residuals(adapter, batch: Batch, positions: str | torch.Tensor | Seq
     if missing:
         raise RuntimeError(f"the forward pass never reached the hooks for {missing}")
     rows = torch.arange(len(batch), device=out.logits.device)[:, None]
+    gaps, pre = record["gaps"], record["pre"][0]
+    gap = torch.stack([gaps.written(layer, pos, pre) for layer in range(len(record["pre"]))]) if gaps.method else None
     return ResidualTrace(
+        gap=gap,
+        gap_name=gaps.name,
         positions=pos,
         valid=valid,
         pre=torch.stack(record["pre"]),
@@ -182,7 +203,7 @@ def _set_score(logits: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
 @torch.no_grad()
 def stream_scores(adapter, trace: ResidualTrace, following_ids, competitor_ids) -> tuple[torch.Tensor, torch.Tensor]:
     """Lens scores of the following and competitor token sets at every point of the stream:
-    two `[B, P, 2L + 1]` tensors (before layer 0, then after each attention and MLP write)."""
+    two `[B, P, kL + 1]` tensors (before layer 0, then after each component's write; `trace.sublayers`)."""
     n_rows = trace.pre.shape[1]
     fol, com = _id_lists(following_ids, n_rows), _id_lists(competitor_ids, n_rows)
     stream = trace.stream()
@@ -199,7 +220,8 @@ class Contributions:
     """Per layer and sublayer, the change a sublayer makes to the lens scores (lens after minus lens
     before it), at each row's positions.
 
-    `following`, `competitor`: `[B, P, L, 2]` (last axis: `SUBLAYERS` = attn, mlp). `start_*`: `[B, P]`
+    `following`, `competitor`: `[B, P, L, k]` (last axis: `sublayers`: attn, mlp, and a between-layer
+    writer where the family has one, e.g. "deepstack"). `start_*`: `[B, P]`
     lens score of the embeddings (before layer 0); `final_*`: `[B, P]` at the final residual, which
     equals the start plus every contribution. Scores are logsumexp over each row's token-id set.
     """
@@ -216,11 +238,11 @@ class Contributions:
 
     @property
     def difference(self) -> torch.Tensor:
-        """`[B, P, L, 2]` contribution to following minus competitor (to the lens log-odds)."""
+        """`[B, P, L, k]` contribution to following minus competitor (to the lens log-odds)."""
         return self.following - self.competitor
 
     def of(self, sublayer: str) -> dict[str, torch.Tensor]:
-        """`{following, competitor, difference}` as `[B, P, L]` for one sublayer ("attn" or "mlp")."""
+        """`{following, competitor, difference}` as `[B, P, L]` for one component ("attn", "mlp", ...)."""
         k = self.sublayers.index(sublayer)
         return {"following": self.following[..., k], "competitor": self.competitor[..., k], "difference": self.difference[..., k]}
 
@@ -230,7 +252,7 @@ def contributions_from_trace(adapter, trace: ResidualTrace, following_ids, compe
     n_layers = trace.n_layers
 
     def per_sublayer(scores: torch.Tensor) -> torch.Tensor:
-        return scores.diff(dim=-1).reshape(*scores.shape[:-1], n_layers, len(SUBLAYERS))
+        return scores.diff(dim=-1).reshape(*scores.shape[:-1], n_layers, len(trace.sublayers))
 
     return Contributions(
         following=per_sublayer(f),
@@ -241,6 +263,7 @@ def contributions_from_trace(adapter, trace: ResidualTrace, following_ids, compe
         final_competitor=c[..., -1],
         positions=trace.positions,
         valid=trace.valid,
+        sublayers=trace.sublayers,
     )
 
 

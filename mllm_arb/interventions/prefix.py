@@ -39,6 +39,7 @@ import torch
 
 from ..models.adapter import Batch
 from .attention_interface import as_mask, root_implementation, text_implementation, wrap_text_attention
+from .gaps import record_gaps
 
 #: layer keyword arguments that carry the sequence, and the dimension it is on
 _SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1}
@@ -193,6 +194,8 @@ class PrefixRun:
         with ExitStack() as stack:
             for i, layer in enumerate(self.parts.layers):
                 stack.callback(layer.register_forward_pre_hook(record(i), with_kwargs=True).remove)
+            #: writes the model makes between layers (DeepStack), replayed wherever the layers run again
+            self.gaps = stack.enter_context(record_gaps(adapter))
             if keep_final:
                 stack.enter_context(wrap_text_attention(self.model, keep, "a last-position sweep"))
             self.logits = adapter.last_logits(batch, grad=grad)
@@ -262,7 +265,7 @@ class PrefixRun:
         for index in range(stop):
             yield index, hidden
             if index + 1 < stop:
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
 
     @torch.no_grad()
     def resume(self, layer: int, hidden: torch.Tensor, n_variants: int = 1) -> torch.Tensor:
@@ -272,6 +275,7 @@ class PrefixRun:
         h = _tile(hidden, self.n_rows, n_variants, memo)
         for index in range(layer, self.n_layers):
             h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo))
+            h = self.gaps.apply(index, h, n_variants)
         return self._logits(h, n_variants)
 
     @torch.no_grad()
@@ -378,10 +382,10 @@ class PrefixRun:
         hidden = self._first
         for index in range(self.n_layers):
             if index < first_layers[group[0]]:
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
                 continue
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
-                following = self._layer(index, hidden, self._calls[index])
+                following = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
             while waiting and first_layers[waiting[0]] == index:
                 j = waiting.pop(0)
                 suffix[j] = hidden[:, starts[j] :]
@@ -393,6 +397,7 @@ class PrefixRun:
                     memo: dict = {}
                     with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk), start), "a suffix sweep"):
                         h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo))
+                    h = self.gaps.apply(index, h, len(chunk), start)
                     for v, j in enumerate(chunk):
                         suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
             kept.clear()
@@ -428,6 +433,8 @@ class PrefixRun:
         final[:, -1] = True
         if self.start_for(final) != self.n_tokens - 1:
             raise ValueError("a last-position sweep needs a final position that no earlier position sees")
+        if self.gaps.touches(self.n_tokens - 1):
+            raise ValueError("a last-position sweep needs a final position that no between-layer writer touches")
         n = len(first_layers)
         if not n:
             raise ValueError("a last-position sweep needs at least one variant")
@@ -449,12 +456,12 @@ class PrefixRun:
             if self._final is not None:  # kept by the recorded pass
                 final_input, kept["kv"] = self._final[index]
             elif not active and index < first_layers[waiting[0]]:  # no variant acts yet
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
                 continue
             else:
                 final_input = hidden[:, -1:]
                 with wrap_text_attention(self.model, keep, "a last-position sweep"):  # the last layer too: its keys
-                    hidden = self._layer(index, hidden, self._calls[index])
+                    hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
             while waiting and first_layers[waiting[0]] == index:
                 active.append(waiting.pop(0))
                 columns.append(final_input)

@@ -49,6 +49,8 @@ class DecoderParts:
     """Where the text decoder's parts live in a loaded model."""
 
     layers: nn.ModuleList
+    #: the module that owns the layers and runs the loop over them (where between-layer writers live)
+    text_model: nn.Module
     final_norm: nn.Module
     unembed: nn.Module
     n_heads: int
@@ -88,6 +90,11 @@ class ModelAdapter:
     positions_from_mask: ClassVar[bool] = True
     #: what an analysis must know about the family, in one line (`mllm-arb models`)
     quirks: ClassVar[str] = ""
+    #: a residual writer between decoder layers besides attention and MLP (Qwen3-VL's DeepStack): the
+    #: name of the text model's method the model calls after a layer as `(hidden, positions, values)`,
+    #: writing `values` at the `[B, T]` positions in place, and the component name the lens reports
+    gap_writer: ClassVar[str] = ""
+    gap_component: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model
@@ -202,5 +209,5 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
     head_dim = int(getattr(text_cfg, "head_dim", None) or o_in // n_heads)
     if n_heads * head_dim != o_in:
         raise UserError(f"o_proj takes {o_in} features, not heads × head_dim = {n_heads} × {head_dim}")
-    return DecoderParts(layers=layers, final_norm=owner.norm, unembed=unembed, n_heads=n_heads, head_dim=head_dim)
+    return DecoderParts(layers=layers, text_model=owner, final_norm=owner.norm, unembed=unembed, n_heads=n_heads, head_dim=head_dim)
 

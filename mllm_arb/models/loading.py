@@ -19,6 +19,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
     LlavaAdapter,
@@ -26,6 +27,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     LlavaOnevisionAdapter,
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
     Idefics3Adapter,
     Gemma3Adapter,
     InternVLAdapter,

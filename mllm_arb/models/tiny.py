@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "idefics3", "gemma3", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -369,6 +369,47 @@ def _build_qwen2_5_vl(tok):
     return config, _qwen_image_processor(), Qwen2_5_VLProcessor, {}
 
 
+def _qwen3_vision(**extra) -> dict:
+    return dict(
+        depth=V_LAYERS,
+        hidden_size=V_HIDDEN,
+        intermediate_size=V_FFN,
+        num_heads=V_HEADS,
+        out_hidden_size=HIDDEN,
+        patch_size=_QWEN_PATCH,
+        spatial_merge_size=_QWEN_MERGE,
+        temporal_patch_size=2,
+        num_position_embeddings=64,  # an 8x8 grid of learned positions, interpolated to the image's
+        deepstack_visual_indexes=[0, 1],  # DeepStack: vision layers 0 and 1 also write into text layers 0 and 1
+        **extra,
+    )
+
+
+def _qwen3_rope() -> dict:
+    # interleaved 3-D rotary over head_dim/2 = 8 frequencies, like the real [24, 20, 20] over 64
+    return {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+
+
+def _build_qwen3_vl(tok):
+    from transformers import Qwen3VLConfig, Qwen3VLProcessor
+
+    config = Qwen3VLConfig(
+        text_config=_text("qwen3_vl_text", tok, rope_parameters=_qwen3_rope()),
+        vision_config=_qwen3_vision(),
+        **_qwen_ids(tok),
+    )
+    return config, _qwen_image_processor(), Qwen3VLProcessor, {}
+
+
+def _build_qwen3_vl_moe(tok):
+    from transformers import Qwen3VLMoeConfig, Qwen3VLProcessor
+
+    text = _text("qwen3_vl_moe_text", tok, rope_parameters=_qwen3_rope(), num_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=FFN // 2, decoder_sparse_step=1)
+    config = Qwen3VLMoeConfig(text_config=text, vision_config=_qwen3_vision(model_type="qwen3_vl_moe"), **_qwen_ids(tok))
+    return config, _qwen_image_processor(), Qwen3VLProcessor, {}
+
+
 def _build_idefics3(tok):
     from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor
 
@@ -451,6 +492,16 @@ _QWEN_TOKENS = (
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
 )  # fmt: skip
 
+
+def _qwen_family(build: Callable) -> _Family:
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL share their tokens, turns and template; their models differ."""
+    return _Family(
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
+        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, extra_tokens=_QWEN_TOKENS,
+        chat_template=_QWEN_TEMPLATE, build=build, generation_eos=("<|im_end|>", "<|endoftext|>"),
+    )
+
+
 FAMILIES: dict[str, _Family] = {
     "llava": _Family(
         bos="<s>", eos="</s>", pad="<pad>", add_bos=True,
@@ -468,18 +519,10 @@ FAMILIES: dict[str, _Family] = {
         chat_template=_ONEVISION_TEMPLATE, build=_build_llava_onevision,
         generation_eos=("<|im_end|>", "<|endoftext|>"),
     ),
-    "qwen2_vl": _Family(
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
-        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, extra_tokens=_QWEN_TOKENS,
-        chat_template=_QWEN_TEMPLATE, build=_build_qwen2_vl,
-        generation_eos=("<|im_end|>", "<|endoftext|>"),
-    ),
-    "qwen2_5_vl": _Family(
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
-        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, extra_tokens=_QWEN_TOKENS,
-        chat_template=_QWEN_TEMPLATE, build=_build_qwen2_5_vl,
-        generation_eos=("<|im_end|>", "<|endoftext|>"),
-    ),
+    "qwen2_vl": _qwen_family(_build_qwen2_vl),
+    "qwen2_5_vl": _qwen_family(_build_qwen2_5_vl),
+    "qwen3_vl": _qwen_family(_build_qwen3_vl),
+    "qwen3_vl_moe": _qwen_family(_build_qwen3_vl_moe),
     "idefics3": _Family(
         bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<|reserved_special_token_0|>", add_bos=True,
         named_tokens={},

@@ -233,19 +233,24 @@ def test_knockout_never_attends_to_nothing(loaded, family):
 def test_lens_reproduces_logits_and_decomposes_the_residual(loaded, family):
     adapter, batch, samples = loaded(family)
     hooks = n_hooks(adapter.model)
-    for positions in ("last", "instruction"):
+    for positions in ("last", "image", "instruction"):
         trace = capture_residuals(adapter, batch, positions)
         assert trace.pre.shape[:2] == (adapter.parts.n_layers, len(batch))
         torch.testing.assert_close(lens_logits(adapter, trace.final), trace.logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(lens_logits(adapter, trace.post[-1]), trace.logits, atol=1e-5, rtol=1e-5)
-        # embeddings + every attention and MLP write = the final residual
-        rebuilt = trace.pre[0] + trace.attn.sum(0) + trace.mlp.sum(0)
+        # embeddings + every attention, MLP and between-layer write = the final residual
+        gap = trace.gap if trace.gap is not None else torch.zeros_like(trace.pre)
+        assert (trace.gap is not None) == bool(adapter.gap_writer) and trace.sublayers[: 2] == ("attn", "mlp")
+        rebuilt = trace.pre[0] + trace.attn.sum(0) + trace.mlp.sum(0) + gap.sum(0)
         torch.testing.assert_close(rebuilt, trace.final, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(trace.post[:-1], trace.pre[1:])
+        torch.testing.assert_close(trace.post[:-1] + gap[:-1], trace.pre[1:])
+        torch.testing.assert_close(lens_logits(adapter, trace.post[-1] + gap[-1]), trace.logits, atol=1e-5, rtol=1e-5)
+        if adapter.gap_writer:  # DeepStack writes at image positions in the first layers, nowhere else
+            assert (gap.abs().sum(-1) > 0).any().item() == (positions == "image")
     assert torch.equal(trace.positions[trace.valid], batch.group_mask("instruction").nonzero()[:, 1])
     ids = [answer_ids(adapter.tokenizer, s) for s in samples]
     contrib = component_contributions(adapter, batch, [a.following for a in ids], [a.competitor for a in ids])
-    assert contrib.following.shape == (len(batch), 1, adapter.parts.n_layers, 2)
+    assert contrib.sublayers == ("attn", "mlp") + ((adapter.gap_component,) if adapter.gap_writer else ())
+    assert contrib.following.shape == (len(batch), 1, adapter.parts.n_layers, len(contrib.sublayers))
     telescoped = contrib.start_following + contrib.following.sum((-1, -2))
     torch.testing.assert_close(telescoped, contrib.final_following, atol=1e-4, rtol=1e-5)
     model_last = at_last(batch, logits(adapter, batch))

@@ -112,13 +112,13 @@ def test_chat_template_mimics_the_family(tiny):
         "<start_of_turn>model\n",
         "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
     }
-    expected["qwen2_5_vl"] = expected["qwen2_vl"]
+    expected["qwen2_5_vl"] = expected["qwen3_vl"] = expected["qwen3_vl_moe"] = expected["qwen2_vl"]
     assert text.endswith(expected[family])
 
 
 def test_image_token_id_names_the_family_token(tiny):
     family, _, model, processor = tiny
-    expected = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "gemma3": "<image_soft_token>"}
+    expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")} | {"gemma3": "<image_soft_token>"}
     expected["internvl"] = "<IMG_CONTEXT>"
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")

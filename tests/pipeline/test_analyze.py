@@ -15,10 +15,11 @@ from ..conftest import conflict_items
 from ..conftest import invoke, only_run, write_items
 
 
-def test_analyze_writes_results_findings_and_plots(tmp_path):
+@pytest.mark.parametrize("model", ["qwen2_vl_tiny", "qwen3_vl_moe_tiny"])  # qwen3_vl_moe: DeepStack and a sparse MLP
+def test_analyze_writes_results_findings_and_plots(model, tmp_path):
     items = write_items(tmp_path / "data")
     out = tmp_path / "out"
-    result = invoke("analyze", "model=qwen2_vl_tiny", "data=jsonl", f"data.path={items}", "batch_size=2", f"output_dir={out}")
+    result = invoke("analyze", f"model={model}", "data=jsonl", f"data.path={items}", "batch_size=2", f"output_dir={out}")
     assert result.exit_code == 0, result.output
     run = only_run(out, "analyze")
     results = json.loads((run / "results.json").read_text())

@@ -283,10 +283,9 @@ def lens_rows(
                     "follows": bool(final[i] > 0),
                 }
                 for site, (f, k, after_layer) in per_site.items():
-                    row[f"{site}_attn_following"] = float(f[i, layer, 0])
-                    row[f"{site}_attn_competitor"] = float(k[i, layer, 0])
-                    row[f"{site}_mlp_following"] = float(f[i, layer, 1])
-                    row[f"{site}_mlp_competitor"] = float(k[i, layer, 1])
+                    for j, component in enumerate(at[site].sublayers):  # attn, mlp (and deepstack, say)
+                        row[f"{site}_{component}_following"] = float(f[i, layer, j])
+                        row[f"{site}_{component}_competitor"] = float(k[i, layer, j])
                     row[f"{site}_lens_log_odds"] = float(after_layer[i, layer])
                 rows.append(row)
         if on_step:
