@@ -281,7 +281,7 @@ def test_organism_configs_are_typed_by_the_train_config():
 
     anchor = organism_config("anchor")
     assert anchor.plant.anchor_targets is True and anchor.init_from == "organism" and anchor.steps == 800
-    assert anchor.plant.relay_heads == [[0, 3]] and anchor.plant.mass_weight == 6.0
+    assert anchor.plant.relay_heads == [[0, 3]] and anchor.plant.mass_weight == 12.0 and anchor.plant.cut_target == "restricted"
     result = CliRunner().invoke(app, ["organism", "train", "--config", "anchor", "steps=abc"])
     assert result.exit_code == 2 and "steps" in result.output
     result = CliRunner().invoke(app, ["organism", "train", "--config", "nope"])
