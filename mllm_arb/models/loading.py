@@ -13,6 +13,7 @@ import torch
 from ..core.errors import UserError
 from .adapter import ModelAdapter
 from .gemma3 import Gemma3Adapter
+from .glm4v import Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
@@ -28,6 +29,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
     Qwen3VLAdapter,
+    Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,
     InternVLAdapter,

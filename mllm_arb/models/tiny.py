@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "idefics3", "gemma3", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "idefics3", "gemma3", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -127,6 +127,14 @@ _ONEVISION_TEMPLATE = (  # llava-hf/llava-onevision-qwen2-*-ov-hf: Qwen turns, e
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}"
     "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_GLM4V_TEMPLATE = (  # zai-org/GLM-4.1V-9B-Thinking: [gMASK]<sop>, role tags, the image wrapped in begin/end tokens
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 _QWEN_TEMPLATE = (  # Qwen/Qwen2-VL-*-Instruct, Qwen/Qwen2.5-VL-*-Instruct
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -410,6 +418,27 @@ def _build_qwen3_vl_moe(tok):
     return config, _qwen_image_processor(), Qwen3VLProcessor, {}
 
 
+def _build_glm4v(tok):
+    from transformers import Glm4vConfig, Glm4vImageProcessorPil, Glm4vProcessor
+
+    image, video, start, end, vstart, vend = _ids(tok, "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>",
+                                                  "<|begin_of_video|>", "<|end_of_video|>")
+    # half the head is rotary, its frequencies split over (time, height, width) like the real [8, 12, 12]
+    rope = {"rope_type": "default", "rope_theta": 10_000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
+    config = Glm4vConfig(
+        text_config=_text("glm4v_text", tok, rope_parameters=rope),
+        vision_config=dict(depth=V_LAYERS, hidden_size=V_HIDDEN, intermediate_size=V_FFN, num_heads=V_HEADS,
+                           out_hidden_size=HIDDEN, image_size=8 * _QWEN_PATCH, patch_size=_QWEN_PATCH,
+                           spatial_merge_size=_QWEN_MERGE, temporal_patch_size=2),
+        image_token_id=image, video_token_id=video, image_start_token_id=start, image_end_token_id=end,
+        video_start_token_id=vstart, video_end_token_id=vend,
+    )
+    px = _QWEN_PATCH * _QWEN_MERGE
+    ip = Glm4vImageProcessorPil(size={"shortest_edge": (2 * px) ** 2, "longest_edge": (8 * px) ** 2},
+                                patch_size=_QWEN_PATCH, merge_size=_QWEN_MERGE, temporal_patch_size=2)
+    return config, ip, Glm4vProcessor, {}
+
+
 def _build_idefics3(tok):
     from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor
 
@@ -523,6 +552,14 @@ FAMILIES: dict[str, _Family] = {
     "qwen2_5_vl": _qwen_family(_build_qwen2_5_vl),
     "qwen3_vl": _qwen_family(_build_qwen3_vl),
     "qwen3_vl_moe": _qwen_family(_build_qwen3_vl_moe),
+    "glm4v": _Family(
+        bos=None, eos="<|endoftext|>", pad="<|endoftext|>", add_bos=False,
+        named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+        extra_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+                      "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>"),
+        chat_template=_GLM4V_TEMPLATE, build=_build_glm4v,
+        generation_eos=("<|endoftext|>", "<|user|>", "<|observation|>"),
+    ),  # fmt: skip
     "idefics3": _Family(
         bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<|reserved_special_token_0|>", add_bos=True,
         named_tokens={},
