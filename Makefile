@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install analyze test bench bench-gpu timings clean browser
+.PHONY: install analyze test bench bench-gpu gpu-identities timings clean browser
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): a virtual environment, torch 2.13.0 (CPU build), then mllm-arb with its dev extra (a few minutes, once)"
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # the fast paths' ratios in bfloat16 on random-weight 7B-shaped LLaVA and Qwen2.5-VL models; needs a CUDA device, < 8 min
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu
+
+# every family's correctness identities in bfloat16 on a GPU (benchmarks/gpu_identities.py; under a minute)
+gpu-identities: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu_identities
 
 # the wall times the docs quote, in one go, into docs/timings.md (benchmarks/timings.py); about 15 min on 2 idle cores
 timings: $(STAMP) browser

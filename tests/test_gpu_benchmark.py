@@ -33,3 +33,20 @@ def test_without_a_gpu_it_says_so_and_exits_2(capsys):
         pytest.skip("a GPU is here: the full benchmark would run")
     assert gpu.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_the_gpu_identity_script_holds_in_bfloat16_on_the_cpu(tmp_path):
+    """`python -m benchmarks.gpu_identities` (every family's identities in bfloat16) checked on two families
+    on the CPU, so that the script a GPU session runs is known to work; without a GPU and without --cpu it
+    says so and exits 2."""
+    import torch
+
+    from benchmarks import gpu_identities
+
+    out = tmp_path / "identities.md"
+    assert gpu_identities.main(["--cpu", "--families", "llava", "qwen3_vl", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| llava") or line.startswith("| qwen3_vl")]
+    assert len(rows) == 14 and all(line.endswith("| yes |") for line in rows)
+    assert "bfloat16" in out.read_text()
+    if not torch.cuda.is_available():
+        assert gpu_identities.main(["--out", str(out)]) == 2
