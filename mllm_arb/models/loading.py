@@ -35,6 +35,9 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     InternVLAdapter,
 )
 TINY_PREFIX = "tiny:"
+#: decoder layer types whose token mixer is not attention (Qwen3.5's linear attention): an attention mask
+#: cannot knock an edge out there and a head is not a slice of an attention output (docs/families.md)
+UNDEFINED_LAYER_TYPES = ("linear_attention",)
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
 #: attention implementations the knockout and head hooks go through (transformers' attention interface)
@@ -156,6 +159,10 @@ def load_adapter(
     if adapter_cls is IntrospectedAdapter and type(config) not in AutoModelForImageTextToText._model_mapping:
         raise UserError(f"unsupported architecture {config.model_type!r}: not an image-text-to-text model (transformers has no "
                         f"AutoModelForImageTextToText class for it); supported model types: {supported_types()}")
+    mixers = [t for t in (getattr(config.get_text_config(), "layer_types", None) or []) if t in UNDEFINED_LAYER_TYPES]
+    if mixers:
+        raise UserError(f"model {source!r} ({config.model_type}) has {len(mixers)} {mixers[0]} layers (gated DeltaNet and the like): "
+                        "knockout and head edits are not defined in them yet, so no analysis would be exact; not supported")
     if family and family != adapter_cls.family and adapter_cls is not IntrospectedAdapter:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
     if device == "auto" and importlib.util.find_spec("accelerate") is None:
