@@ -66,15 +66,31 @@ def train_and_ship(name: str, cfg, ship: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mllm_arb.organism [--config NAME] [--ship] [key=value ...]`, the entry point background
+    training runs use; bad input is one line on stderr and exit code 2, as in `mllm-arb organism train`."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..core.errors import UserError
+
     args = list(sys.argv[1:] if argv is None else argv)
     ship = "--ship" in args
     name = "default"
-    if "--config" in args:
-        at = args.index("--config")
-        name = args[at + 1]
-        del args[at : at + 2]
-    overrides = [a for a in args if a != "--ship"]
-    train_and_ship(name, organism_config(name, overrides), ship)
+    try:
+        if "--config" in args:
+            at = args.index("--config")
+            if at + 1 >= len(args):
+                raise UserError("--config needs a name (conf/organism/<NAME>.yaml)")
+            name = args[at + 1]
+            del args[at : at + 2]
+        overrides = [a for a in args if a != "--ship"]
+        train_and_ship(name, organism_config(name, overrides), ship)
+    except (UserError, ValueError, FileExistsError, HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc.__cause__, OmegaConfBaseException) and str(exc.__cause__).strip():  # why a value did not fit
+            msg += f": {str(exc.__cause__).strip().splitlines()[0]}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -290,3 +290,15 @@ def test_organism_configs_are_typed_by_the_train_config():
     assert (seed.seed, seed.data_seed, seed.steps) == (2, 2, organism_config("default").steps)
     result = CliRunner().invoke(app, ["organism", "train", "--config", "seed2", "--ship"])
     assert result.exit_code == 2 and "ships only default and anchor" in result.output
+
+
+def test_the_module_entry_point_answers_bad_input_in_one_line(capsys):
+    """`python -m mllm_arb.organism`, the entry point background training uses: one line and exit 2."""
+    from mllm_arb.organism.__main__ import main
+
+    for args, said in ((["--config"], "--config needs a name"), (["--config", "nope"], "no organism config 'nope'"),
+                       (["--config", "anchor", "steps=abc"], "could not be converted to Integer"),
+                       (["bogus_key=1"], "Key 'bogus_key' not in 'TrainConfig'")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
