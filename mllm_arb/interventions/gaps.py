@@ -31,6 +31,9 @@ class Gaps:
     def __init__(self, adapter) -> None:
         owner = adapter.parts.text_model
         name = adapter.gap_writer
+        if name and not hasattr(type(owner), name):
+            raise RuntimeError(f"{adapter.family}: {type(owner).__name__} has no method {name!r} (the between-layer writer "
+                               "this family declares); the installed transformers may have renamed it")
         # the class's method bound to the model, never a recorder's wrapper on the instance
         self.method = getattr(type(owner), name).__get__(owner) if name else None
         self.name = adapter.gap_component or name
@@ -53,7 +56,9 @@ class Gaps:
             raise ValueError(f"a between-layer write over {tuple(where.shape)} positions cannot apply to hidden states of shape {tuple(hidden.shape)}")
         kept = torch.zeros_like(write.positions)
         kept[:, start:] = True
-        values = write.values[kept[write.positions]]
+        values = write.values[kept[write.positions].to(write.values.device)]
+        # a model split over devices may keep the vision features elsewhere than the hidden states
+        where, values = where.to(hidden.device), values.to(hidden.device)
         return self.method(hidden, where.repeat(n_variants, 1), values.repeat(n_variants, 1))
 
     def touches(self, position: int) -> bool:
@@ -68,7 +73,7 @@ class Gaps:
         if write is None:
             return out
         full = like.new_zeros(*write.positions.shape, like.shape[-1])
-        full[write.positions] = write.values.to(full.dtype)
+        full[write.positions.to(full.device)] = write.values.to(full.device, full.dtype)
         rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
         return full[rows, positions.to(full.device)]
 

@@ -232,6 +232,7 @@ def test_knockout_never_attends_to_nothing(loaded, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lens_reproduces_logits_and_decomposes_the_residual(loaded, family):
     adapter, batch, samples = loaded(family)
+    logits(adapter, batch)  # transformers adds its own output-recording hooks at a model's first forward pass
     hooks = n_hooks(adapter.model)
     for positions in ("last", "image", "instruction"):
         trace = capture_residuals(adapter, batch, positions)
