@@ -167,3 +167,32 @@ def test_load_processor_errors(tmp_path):
 def test_unknown_family(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny family"):
         save_tiny_model("nope", tmp_path)
+
+
+@pytest.mark.parametrize("family, image_processor_type, processor_class, video_type", [
+    ("qwen3_vl", "Qwen2VLImageProcessorFast", "Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+    ("glm4v", "Glm4vImageProcessor", "Glm4vProcessor", "Glm4vVideoProcessor"),
+])
+def test_a_real_checkpoint_layout_loads_without_torchvision(tmp_path, family, image_processor_type, processor_class, video_type):
+    """Qwen3-VL's and GLM-4V's checkpoints name torchvision image processors and a video processor; on a
+    machine without torchvision the processor is assembled from the tokenizer and the PIL image processor."""
+    import shutil
+
+    src = save_tiny_model(family, tmp_path / "tiny")
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        shutil.copy(src / name, real / name)
+    pre = json.loads((src / "preprocessor_config.json").read_text())
+    (real / "preprocessor_config.json").write_text(json.dumps({**pre, "image_processor_type": image_processor_type, "processor_class": processor_class}))
+    video = {"video_processor_type": video_type, "processor_class": processor_class, "patch_size": pre["patch_size"],
+             "merge_size": pre["merge_size"], "temporal_patch_size": 2}
+    (real / "video_preprocessor_config.json").write_text(json.dumps(video))
+    processor = load_processor(real)
+    from transformers.utils import is_torchvision_available
+
+    assert type(processor).__name__ == processor_class
+    assert is_torchvision_available() or type(processor.image_processor).__name__.endswith("Pil")
+    inputs = processor(text=[_chat(processor, STUDY_SENTENCES[3])], images=[[_image("red")]], return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert (inputs["input_ids"] == image_id).sum() == 25  # 40x40 px: 5x5 merged patches
