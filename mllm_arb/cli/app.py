@@ -269,6 +269,57 @@ def run_cmd(overrides: Optional[list[str]] = OVERRIDES, print_cfg: bool = PRINT_
             show(run_pipeline(cfg, list(overrides or []), on_stage=show))
 
 
+@app.command("plan")
+def plan_cmd(
+    command: str = typer.Argument(..., help="The command to plan: evaluate, analyze, rank-heads, ablate, amplify or run."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    memory: Optional[float] = typer.Option(None, "--memory", help="Memory the model may use, in GiB: plan says the largest "
+                                           "batch that fits."),
+    print_cfg: bool = PRINT_CFG,
+) -> None:
+    """Count what COMMAND would compute (forward passes, decoder-layer passes with and without the fast paths,
+    tokens per sample, memory) from the model's config.json and processor alone: no weights, no GPU."""
+    with user_errors():
+        if memory is not None and not memory > 0:
+            raise UserError(f"--memory {memory}: give the memory in GiB, above 0")
+        from ..pipeline.plan.plan import check_plannable, plan_command, write_plan
+
+        cfg = config_or_print(command if command != "run" else "run", overrides, print_cfg)
+        if cfg is None:
+            return
+        check_plannable(cfg, command)
+        plan = plan_command(cfg, command, memory)
+        path = write_plan(cfg, plan)
+        show_plan(plan, path)
+
+
+def show_plan(plan: dict, path: Path) -> None:
+    table = Table(title=f"plan: {plan['command']} on {plan['model']['name']} ({plan['model']['n_layers']} layers × "
+                        f"{plan['model']['n_heads']} heads)")
+    for col in ("stage", "samples", "tokens (median / max)", "forward passes", "decoder token passes", "without fast paths", "saved"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    n_layers = plan["model"]["n_layers"]
+    for name, s in (*plan["stages"].items(), ("total", {**plan["total"], "samples": "", "tokens": None})):
+        fast, slow = s["fast"], s["straightforward"]
+        tokens = f"{s['tokens']['per_sample_median']:g} / {s['tokens']['per_sample_max']}" if s.get("tokens") else ""
+        ratio = slow["decoder_layer_tokens"] / fast["decoder_layer_tokens"] if fast["decoder_layer_tokens"] else float("nan")
+        table.add_row(name, str(s["samples"]), tokens, f"{fast['forward_passes']:,}",
+                      f"{fast['decoder_layer_tokens'] / n_layers:,.0f}", f"{slow['decoder_layer_tokens'] / n_layers:,.0f}", f"{ratio:.2f}×")
+    console.print(table)
+    mem = plan["memory"]
+    line = (f"memory ({mem['dtype']}): weights {mem['weights_gib']:.2f} GiB, activations {mem['activations_per_row_gib']:.3f} GiB "
+            f"per row of the longest batch ({mem['longest_batch_tokens']} tokens); batch {mem['batch_size']}: "
+            f"{mem['peak_per_batch_gib']:.2f} GiB at the peak")
+    if "largest_batch_that_fits" in mem:
+        line += f"; in {mem['memory_gib']:g} GiB the largest batch is {mem['largest_batch_that_fits']}"
+    console.print(line, highlight=False)
+    console.print("decoder token passes: Σ rows × positions over every decoder-layer call, divided by the layers "
+                  "(one token through the whole decoder counts 1)", highlight=False)
+    for a in plan["assumptions"]:
+        console.print(f"assumed: {a}", highlight=False)
+    console.print(f"plan: {path}", highlight=False)
+
+
 @app.command("validate")
 def validate_cmd(
     from_runs: Optional[list[Path]] = typer.Option(None, "--from", help="Finished analyze, rank-heads, ablate, run or validate "

@@ -276,5 +276,12 @@ def component_contributions(
 ) -> Contributions:
     """One forward pass: each attention and MLP sublayer's change to the lens scores of the following
     and competitor answers. Token ids per row: one id, or a set of ids (e.g. `AnswerIds.following`)."""
+    if adapter.ledger is not None:  # planning: one forward pass counted, zero contributions
+        adapter.ledger.forward(adapter, batch)
+        pos, valid = resolve_positions(batch, positions)
+        sublayers = SUBLAYERS + ((adapter.gap_component,) if adapter.gap_writer else ())
+        zeros = torch.zeros(*pos.shape, adapter.parts.n_layers, len(sublayers))
+        flat = torch.zeros(pos.shape)
+        return Contributions(zeros, zeros, flat, flat, flat, flat, pos, valid, sublayers)
     trace = capture_residuals(adapter, batch, positions)
     return contributions_from_trace(adapter, trace, token_ids_following, token_ids_competitor)

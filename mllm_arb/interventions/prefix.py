@@ -39,7 +39,8 @@ import torch
 
 from ..models.adapter import Batch
 from .attention_interface import as_mask, root_implementation, text_implementation, wrap_text_attention
-from .gaps import record_gaps
+from ..models.ledger import zero_logits
+from .gaps import Gaps, record_gaps
 
 #: layer keyword arguments that carry the sequence, and the dimension it is on
 _SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1}
@@ -168,6 +169,12 @@ class PrefixRun:
         self._reach: torch.Tensor | None = None
         #: with `keep_final`: every layer's (keys, values) and its `[B, 1, d]` input at the final position
         self._final: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
+        #: planning (`adapter.ledger`): layer calls are counted, not run, on hidden states of width 0
+        self.ledger = adapter.ledger
+        if self.ledger is not None:
+            self._plan(batch, keep_final)
+            return
+        self._width: int | None = None
         final_inputs: list[torch.Tensor] = []
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -206,6 +213,35 @@ class PrefixRun:
             if len(kv) != n_layers:
                 raise RuntimeError(f"the text model ran its attention {len(kv)} times in a pass of {n_layers} layers")
             self._final = list(zip(final_inputs, kv))
+        self._width = int(self._first.shape[-1])
+
+    def _plan(self, batch: Batch, keep_final: bool) -> None:
+        """The recorded pass, counted: empty layer arguments, width-0 states, zero logits."""
+        self._batch = batch
+        self._calls = [{} for _ in range(self.parts.n_layers)]
+        self._first = torch.zeros(self.n_rows, self.n_tokens, 0)
+        self._width = _sizes(self.adapter)[0]
+        self.gaps = Gaps(self.adapter)
+        self.logits = self.ledger.forward(self.adapter, batch)
+        if keep_final:
+            nothing = torch.zeros(self.n_rows, 1, 0)
+            self._final = [(nothing, (nothing, nothing))] * self.parts.n_layers
+
+    def _planned_reach(self) -> torch.Tensor:
+        """`_furthest_keys` from the token groups when planning: causal, except that an image sees its
+        own later positions where the family says so (Gemma 3)."""
+        n = self.n_tokens
+        reach = torch.arange(n)
+        if self.adapter.image_sees_ahead:
+            for spans in self._batch.spans:
+                image = sorted(spans.get("image", []))
+                start = 0
+                for k in range(1, len(image) + 1):  # contiguous runs of image positions
+                    if k == len(image) or image[k] != image[k - 1] + 1:
+                        block = torch.tensor(image[start:k])
+                        reach[block] = torch.maximum(reach[block], torch.tensor(image[k - 1]))
+                        start = k
+        return torch.cummax(reach, 0).values
 
     @property
     def n_layers(self) -> int:
@@ -215,6 +251,8 @@ class PrefixRun:
     def _furthest_keys(self) -> torch.Tensor:
         """`[T]`: the furthest key any query at or before position t may see in any layer and row;
         all `T - 1` (no suffix possible) when some layer's arguments cannot be cut to a suffix."""
+        if self.ledger is not None:
+            return self._planned_reach()
         n = self.n_tokens
         reach = torch.arange(n)  # a causal mask, and sdpa's shortcut for one (no mask)
         nowhere = torch.full((n,), n - 1)
@@ -248,10 +286,15 @@ class PrefixRun:
 
     # ------------------------------------------------------------------ running layers
     def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        if self.ledger is not None:
+            self.ledger.layer(index, hidden.shape[0], hidden.shape[1])
+            return hidden
         out = self.parts.layers[index](hidden, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
 
     def _logits(self, hidden: torch.Tensor, n_variants: int, start: int = 0) -> torch.Tensor:
+        if self.ledger is not None:
+            return zero_logits(self.adapter, hidden.shape[0])
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, (self.last.to(hidden.device) - start).repeat(n_variants)]
         return self.parts.unembed(self.parts.final_norm(last)).float()
@@ -313,7 +356,7 @@ class PrefixRun:
                     out[j] = logits[v * self.n_rows : (v + 1) * self.n_rows]
                 if on_done:
                     on_done(len(chunk))
-        return torch.stack(out)
+        return self._stacked(out)
 
     @torch.no_grad()
     def suffix_sweep(
@@ -339,7 +382,7 @@ class PrefixRun:
         bad = sorted({s for s in starts if not 0 < s <= int(self.last.min())})
         if bad:
             raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {bad}")
-        d = self._first.shape[-1]
+        d = self._width
         room = _plain_pass_size(self.adapter, n_tok) // 4  # floats per row for the carried suffixes
         order = sorted(range(n), key=lambda j: first_layers[j])
         out: list[torch.Tensor | None] = [None] * n
@@ -352,7 +395,7 @@ class PrefixRun:
                 out[j] = logits
             if on_done:
                 on_done(len(group))
-        return torch.stack(out)
+        return self._stacked(out)
 
     def _sweep_group(self, group, first_layers, starts, intervene, per_pass, row_extra):
         """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
@@ -404,6 +447,12 @@ class PrefixRun:
             hidden = following
         for j, h in suffix.items():
             yield j, self._logits(h, 1, starts[j])
+
+    def _stacked(self, out: list[torch.Tensor]) -> torch.Tensor:
+        """`[n, B, vocab]` from n `[B, vocab]` logits (planning: zeros that take one float)."""
+        if self.ledger is not None:
+            return zero_logits(self.adapter, len(out), self.n_rows)
+        return torch.stack(out)
 
     @property
     def last_is_final(self) -> bool:
@@ -476,6 +525,8 @@ class PrefixRun:
             kept.clear()
         if on_done:
             on_done(n)
+        if self.ledger is not None:
+            return zero_logits(self.adapter, n, self.n_rows)
         logits = None
         for first in range(0, n, per_pass):
             chunk = self.parts.unembed(self.parts.final_norm(torch.cat(columns[first : first + per_pass], 1))).float()
@@ -487,6 +538,8 @@ class PrefixRun:
     def _column_call(self, kwargs: dict, n_columns: int, masks: dict, cut: torch.Tensor | None = None) -> dict:
         """One layer's keyword arguments for `n_columns` query columns at the final position (`cut`: the
         `[B, V, T - 1]` earlier positions each column may not see)."""
+        if self.ledger is not None:
+            return {}
         memo: dict = {}
         out = {k: _spread(v, k, n_columns, memo) for k, v in kwargs.items() if k != "attention_mask"}
         mask = kwargs["attention_mask"]
@@ -511,6 +564,8 @@ class PrefixRun:
 
     def _suffix_calls(self, start: int) -> list[dict]:
         """Every layer's keyword arguments cut to query positions `start..` (masks: their query rows)."""
+        if self.ledger is not None:
+            return list(self._calls)
         memo: dict = {}  # one cut per shared argument, so that stacking tiles it once too
         causal = None
         calls = []

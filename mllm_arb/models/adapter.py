@@ -95,6 +95,8 @@ class ModelAdapter:
     #: writing `values` at the `[B, T]` positions in place, and the component name the lens reports
     gap_writer: ClassVar[str] = ""
     gap_component: ClassVar[str] = ""
+    #: image positions attend to later positions of the same image (Gemma 3's bidirectional image attention)
+    image_sees_ahead: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model
@@ -103,6 +105,8 @@ class ModelAdapter:
         self.name = name or getattr(model.config, "_name_or_path", "") or self.family
         self.parts = find_decoder_parts(model)
         self.image_token_id = self._image_token_id()
+        #: when set, passes are counted instead of run (`models/ledger.py`, `mllm-arb plan`)
+        self.ledger = None
 
     # ---------------------------------------------------------------- introspection
     def _image_token_id(self) -> int:
@@ -176,6 +180,8 @@ class ModelAdapter:
     # ---------------------------------------------------------------- running
     def last_logits(self, batch: Batch, grad: bool = False) -> torch.Tensor:
         """[B, V] next-token logits at each row's last prompt position (`grad`: with their autograd graph)."""
+        if self.ledger is not None:
+            return self.ledger.forward(self, batch)
         with torch.set_grad_enabled(grad):
             out = self.model(**batch.inputs, use_cache=False)
         rows = torch.arange(len(batch), device=out.logits.device)

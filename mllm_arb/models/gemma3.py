@@ -8,6 +8,7 @@ class Gemma3Adapter(ModelAdapter):
     family = "gemma3"
     model_types = ("gemma3",)
     nest_images = True
+    image_sees_ahead = True
     example_checkpoint = "google/gemma-3-4b-it"
     quirks = ("bidirectional attention inside an image (suffix sweeps start at its first position); sandwich norms: "
               "the residual writers are the post-norms; sliding and full attention layers")

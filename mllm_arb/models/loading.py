@@ -130,23 +130,10 @@ def materialise(path: str | Path | None) -> str:
     return path  # a hub id: transformers resolves it from the local cache (offline)
 
 
-def load_adapter(
-    path: str | Path | None = None,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    attn_implementation: str = "sdpa",
-    padding_side: str = "left",
-    name: str | None = None,
-    family: str | None = None,
-) -> ModelAdapter:
-    """Load a model and its processor into the adapter of its family. `family`, when given, must match
-    the checkpoint (a config naming the wrong family is caught before gigabytes are loaded)."""
+def _checked_config(source: str, family: str | None):
+    """`source`'s config.json and the adapter class of its family, checked before any weights load."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from .processor_loading import load_processor
-
-    source = materialise(path)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -165,6 +152,67 @@ def load_adapter(
                         "knockout and head edits are not defined in them yet, so no analysis would be exact; not supported")
     if family and family != adapter_cls.family and adapter_cls is not IntrospectedAdapter:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
+    return config, adapter_cls
+
+
+def _processor(source: str, padding_side: str):
+    from .processor_loading import load_processor
+
+    try:
+        processor = load_processor(source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot load the tokenizer or processor of model {source!r}: {_first_line(exc)}") from exc
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def planning_adapter(
+    path: str | Path | None = None, *, attn_implementation: str = "sdpa", padding_side: str = "left",
+    name: str | None = None, family: str | None = None,
+) -> ModelAdapter:
+    """The adapter of `path`'s model built from its config.json on the meta device (no weights, no memory)
+    with its real processor, counting passes instead of running them (`models/ledger.py`, `mllm-arb plan`)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from .ledger import Ledger
+
+    source = materialise(path)
+    config, adapter_cls = _checked_config(source, family)
+    if attn_implementation not in ATTENTION:
+        raise UserError(f"model.attn_implementation={attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
+
+    class Planned(adapter_cls):
+        @property
+        def device(self) -> torch.device:  # batches stay on the CPU: only their shapes and groups matter
+            return torch.device("cpu")
+
+    adapter = Planned(model, _processor(source, padding_side), name=name or Path(str(path or "organism")).name)
+    adapter.ledger = Ledger()
+    return adapter
+
+
+def load_adapter(
+    path: str | Path | None = None,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    padding_side: str = "left",
+    name: str | None = None,
+    family: str | None = None,
+) -> ModelAdapter:
+    """Load a model and its processor into the adapter of its family. `family`, when given, must match
+    the checkpoint (a config naming the wrong family is caught before gigabytes are loaded)."""
+    from transformers import AutoModelForImageTextToText
+
+    source = materialise(path)
+    config, adapter_cls = _checked_config(source, family)
     if device == "auto" and importlib.util.find_spec("accelerate") is None:
         raise UserError("model.device=auto (device_map='auto') needs accelerate: pip install 'mllm-arb[multi-gpu]', or set model.device=cuda")
     check_device(device)
@@ -188,14 +236,7 @@ def load_adapter(
     if device not in ("auto", "cpu"):
         model = model.to(device)
     model.eval()
-    try:
-        processor = load_processor(source)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot load the tokenizer or processor of model {source!r}: {_first_line(exc)}") from exc
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = padding_side
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    processor = _processor(source, padding_side)
     label = name or Path(str(path or "organism")).name
     if adapter_cls is not IntrospectedAdapter:
         return adapter_cls(model, processor, name=label)

@@ -17,6 +17,7 @@ from ...core.records import ConflictItem, Sample
 from ...core.results import HeadsEdited, Provenance
 from ...core.scoring import check_answers
 from ...data.sources import build_items
+from ...models.adapter import ModelAdapter
 from ...runtime.loading import load_model
 from ...runtime.ranks import Ranks
 from ...runtime.stage import Stage
@@ -104,7 +105,9 @@ def render_checked(cfg: DictConfig, items, conditions) -> list[Sample]:
         raise UserError(f"{exc}; drop that condition from sweep.controls / sweep.settings") from None
 
 
-def setup(cfg: DictConfig, ranks: Ranks | None = None) -> HeadStudy:
+def setup(cfg: DictConfig, ranks: Ranks | None = None, adapter: ModelAdapter | None = None) -> HeadStudy:
+    """The head study of `cfg`: its sweep, data split and model (`adapter`: one already built, as
+    `mllm-arb plan` builds its counting one)."""
     sweep = SweepConfig.from_cfg(cfg.sweep)
     head_set = read_head_set(sweep.heads_file) if sweep.heads_file else None
     items, fp = build_items(cfg.data)
@@ -117,7 +120,9 @@ def setup(cfg: DictConfig, ranks: Ranks | None = None) -> HeadStudy:
         dropped, eval_items = len(eval_items) - len(kept), kept
     check_split_sizes(len(rank_items), len(eval_items), len(items), sweep)
     check_answers_for = render_checked(cfg, [*rank_items, *eval_items], (*sweep.settings, *sweep.controls))
-    if ranks is None:
+    if adapter is not None:
+        pass
+    elif ranks is None:
         adapter = load_model(cfg)
     else:
         with ranks.main_first():  # under torchrun: rank 0 fills caches / downloads, then the others load

@@ -1,0 +1,226 @@
+"""`mllm-arb plan COMMAND`: what a command would compute, counted before anything runs.
+
+The model is built from its config.json on the meta device (no weights) with its real processor, so
+every batch has the token count and token groups a run would see; its adapter counts passes instead of
+running them (`models/ledger.py`). Each stage's own functions then run as in the stage itself (batching,
+the knockout sweep, the head scan, the arms, with the fast paths' scheduling, stacking and chunking by
+memory), once with the fast paths and once without, so the counts are the run's by construction
+(`tests/pipeline/test_plan.py` holds them to a real run's, counted with hooks).
+
+What the counting cannot know is stated with the plan: scores are zeros, so the ranking that selects
+heads is a tie broken by head order (the selected set then includes layer 0, so every arm resumes from
+the first layer: the most a run can cost). Ranking methods that need gradients or the heads' outputs
+(attribution, hybrid, verified, dla), attention saliency and generated tokens are not planned yet.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from ...core.errors import UserError
+from ...core.prompt import render_all
+from ...core.records import parse_conditions
+from ...core.scoring import batches
+from ...data.sources import build_items
+from ...interventions.knockout import default_window_size
+from ...interventions.prefix import _plain_pass_size
+from ...models.adapter import ModelAdapter
+from ...models.ledger import Ledger
+from ...models.loading import planning_adapter
+from ...models.scoring import score_samples
+from ..analyze.flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge
+from ..heads.arms import (amplification_arms, applicable_arms, arm_log_odds, blocking_arms, interaction_arms,
+                          random_amplification_arms, split_preps)
+from ..heads.methods import Removal, ablation_scores, method_scores, prepare
+from ..heads.stage import ranking_from, setup
+
+#: what `plan` covers, and the stages each command runs
+COMMANDS = {
+    "evaluate": ("evaluate",),
+    "analyze": ("analyze",),
+    "rank-heads": ("rank-heads",),
+    "ablate": ("ablate",),
+    "amplify": ("amplify",),
+    "run": ("evaluate", "analyze", "rank-heads", "ablate", "amplify"),
+}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}
+ASSUMPTIONS = [
+    "scores are not computed: the selected heads are a tie broken by head order, so they include layer 0 and every "
+    "head-set arm resumes from the first layer (an upper bound on what a run computes)",
+]
+
+
+def check_plannable(cfg: DictConfig, command: str) -> None:
+    """One line for what the counting cannot plan yet, before anything is built."""
+    if command not in COMMANDS:
+        raise UserError(f"plan covers {', '.join(COMMANDS)}; not {command!r}")
+    stages = COMMANDS[command]
+    if "evaluate" in stages and cfg.scoring.generate_tokens:
+        raise UserError("plan does not count generated tokens yet: set scoring.generate_tokens=0")
+    if "analyze" in stages and cfg.analysis.saliency:
+        raise UserError("plan does not count attention saliency (gradients) yet: set analysis.saliency=false")
+    if any(s in stages for s in ("rank-heads", "ablate", "amplify")):
+        methods = set(cfg.sweep.methods) | {cfg.sweep.rank_method} if "rank-heads" in stages else {cfg.sweep.rank_method}
+        other = sorted(m for m in methods if m != "ablation")
+        if other and not cfg.sweep.heads_file:
+            raise UserError(f"plan counts the exact ranking (ablation) only; not {', '.join(other)} yet")
+        if cfg.sweep.ablation == "mean":
+            raise UserError("plan does not count mean ablation's head means yet: set sweep.ablation=zero")
+
+
+def _both(adapter: ModelAdapter, work: Callable[[bool], None]) -> dict:
+    """The counts of `work(fast)` with the fast paths and without."""
+    out = {}
+    for fast in (True, False):
+        adapter.ledger = Ledger()
+        work(fast)
+        out["fast" if fast else "straightforward"] = adapter.ledger.summary()
+    return out
+
+
+def _tokens(adapter: ModelAdapter, samples, batch_size: int) -> dict:
+    lengths, widths, images = [], [], []
+    for chunk in batches(samples, batch_size):
+        batch = adapter.build_batch(chunk)
+        mask = batch.inputs.get("attention_mask")
+        lengths += [int(m.sum()) for m in mask] if mask is not None else [batch.inputs["input_ids"].shape[1]] * len(chunk)
+        widths.append(int(batch.inputs["input_ids"].shape[1]))
+        images += [len(sp.get("image", [])) for sp in batch.spans]
+    return {"per_sample_min": min(lengths), "per_sample_median": statistics.median(lengths), "per_sample_max": max(lengths),
+            "image_tokens_max": max(images), "longest_batch": max(widths)}
+
+
+def plan_evaluate(cfg: DictConfig, adapter: ModelAdapter) -> dict:
+    items, _ = build_items(cfg.data)
+    samples = render_all(items, parse_conditions(cfg.conditions, "conditions"), **cfg.templates)
+    counts = _both(adapter, lambda fast: score_samples(adapter, samples, cfg.batch_size))
+    return {"samples": len(samples), "tokens": _tokens(adapter, samples, cfg.batch_size), **counts}
+
+
+def plan_analyze(cfg: DictConfig, adapter: ModelAdapter) -> dict:
+    a = cfg.analysis
+    edges = tuple(parse_edge(e) for e in a.edges)
+    items, _ = build_items(cfg.data)
+    if a.max_items and len(items) > a.max_items:
+        items = items[: int(a.max_items)]
+    samples = render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
+    n_layers = adapter.parts.n_layers
+    window = int(a.window) if a.window else default_window_size(n_layers)
+    if not 1 <= window <= n_layers:
+        raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
+    plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
+
+    def work(fast: bool) -> None:
+        for unit in batches(samples, cfg.batch_size):  # the stage's units: one batch each
+            knockout_rows(adapter, unit, plan, cfg.batch_size, fast=fast)
+            if a.lens:
+                lens_rows(adapter, unit, cfg.batch_size)
+
+    return {"samples": len(samples), "tokens": _tokens(adapter, samples, cfg.batch_size), **_both(adapter, work)}
+
+
+def _scores(adapter: ModelAdapter, prep, method: str, removal: Removal, fast: bool):
+    return method_scores(adapter, [prep], method, removal) if fast else ablation_scores(adapter, [prep], removal, fast=False)
+
+
+def _head_set(cfg: DictConfig, adapter: ModelAdapter, study, removal: Removal, fast: bool, count: bool):
+    """The head set a head stage uses: its file's, or the ranking by `sweep.rank_method` that the stage
+    computes itself (counted when `count`; inside `run`, rank-heads computed it before)."""
+    if study.head_set is not None:
+        return study.head_set
+    method = study.sweep.rank_method
+    preps = prepare(adapter, study.rank_samples(), cfg.batch_size)
+    if count:
+        scores = torch.cat([_scores(adapter, p, method, removal, fast) for p in preps])
+    else:
+        scores = torch.zeros(sum(len(p.batch) for p in preps), study.n_layers, study.n_heads)
+    return ranking_from(study, preps, removal, {method: scores}).head_set
+
+
+def plan_heads(cfg: DictConfig, adapter: ModelAdapter, stage: str, ranked: bool = False) -> dict:
+    """rank-heads, ablate or amplify, unit by unit as the stage runs them; `ranked`: the heads come from
+    the rank-heads stage before (`run`)."""
+    study = setup(cfg, adapter=adapter)
+    sweep = study.sweep
+    removal = Removal("zero", sweep.positions)
+
+    def work(fast: bool) -> None:
+        if stage == "rank-heads":
+            preps = prepare(adapter, study.rank_samples(), cfg.batch_size)
+            for method in sweep.methods:
+                for p in preps:
+                    _scores(adapter, p, method, removal, fast)
+            return
+        head_set = _head_set(cfg, adapter, study, removal, fast, count=not ranked)
+        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+        eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
+        settings, _ = split_preps(eval_preps, sweep.settings)
+        if stage == "ablate":
+            arms = blocking_arms(head_set, n, sweep, cfg.seed) + interaction_arms(head_set.top(n), 0.0, sweep.interactions)
+            sweeps = [(eval_preps, arms, True)]
+        else:  # the second sweep's α is the best one measured; the count does not depend on which
+            arms = amplification_arms(head_set.top(n), sweep.alphas)
+            arms += [arm for alpha in sweep.alphas for arm in interaction_arms(head_set.top(n), alpha, sweep.interactions)]
+            sweeps = [(eval_preps, arms, True),
+                      (settings, random_amplification_arms(head_set, n, max(sweep.alphas), sweep.n_random, cfg.seed), False)]
+        for units, unit_arms, plain in sweeps:
+            for p in units:
+                applicable = applicable_arms(unit_arms, any(p is q for q in settings))
+                arm_log_odds(adapter, p, [unit_arms[a] for a in applicable], removal, fast=fast, plain=plain)
+
+    counts = _both(adapter, work)
+    samples = study.rank_samples() if stage == "rank-heads" else study.eval_samples()
+    return {"samples": len(samples), "tokens": _tokens(adapter, samples, cfg.batch_size), **counts}
+
+
+def plan_command(cfg: DictConfig, command: str, memory_gib: float | None = None) -> dict:
+    """The plan of `command` under `cfg` (see the module docstring), as one JSON-ready dict."""
+    check_plannable(cfg, command)
+    m = cfg.model
+    adapter = planning_adapter(m.path, attn_implementation=m.attn_implementation, padding_side=m.padding_side,
+                               name=m.name, family=m.get("family"))
+    stages = {}
+    for stage in COMMANDS[command]:
+        if stage == "evaluate":
+            stages[stage] = plan_evaluate(cfg, adapter)
+        elif stage == "analyze":
+            stages[stage] = plan_analyze(cfg, adapter)
+        else:
+            stages[stage] = plan_heads(cfg, adapter, stage, ranked=command == "run")
+    total = {kind: {k: sum(s[kind][k] for s in stages.values()) for k in stages[next(iter(stages))][kind]}
+             for kind in ("fast", "straightforward")}
+    n_params = sum(p.numel() for p in adapter.model.parameters())
+    width = DTYPE_BYTES.get(str(m.dtype), 4)
+    longest = max(s["tokens"]["longest_batch"] for s in stages.values())
+    per_row = _plain_pass_size(adapter, longest) * width  # the activations one row of a plain pass holds at its peak
+    mem = {"dtype": str(m.dtype), "parameters": n_params, "weights_gib": n_params * width / 2**30,
+           "activations_per_row_gib": per_row / 2**30, "batch_size": int(cfg.batch_size),
+           "peak_per_batch_gib": (n_params * width + per_row * int(cfg.batch_size)) / 2**30, "longest_batch_tokens": longest}
+    if memory_gib is not None:
+        room = memory_gib * 2**30 - n_params * width
+        mem["memory_gib"] = memory_gib
+        mem["largest_batch_that_fits"] = max(0, int(room // per_row))
+    text = adapter.model.config.get_text_config()
+    return {
+        "command": command,
+        "model": {"name": m.name, "path": str(m.path), "model_type": adapter.model.config.model_type, "family": adapter.family,
+                  "n_layers": adapter.parts.n_layers, "n_heads": adapter.parts.n_heads, "hidden_size": int(text.hidden_size)},
+        "stages": stages,
+        "total": total,
+        "saving": {k: (total["straightforward"][k] / total["fast"][k] if total["fast"][k] else None)
+                   for k in ("forward_passes", "decoder_layer_tokens")},
+        "memory": mem,
+        "assumptions": ASSUMPTIONS if any(s in COMMANDS[command] for s in ("ablate", "amplify")) else [],
+    }
+
+
+def write_plan(cfg: DictConfig, plan: dict):
+    """plan.json in a fresh run directory `<output_dir>/plan/<model>/<stamp>-<hash>/` (never over another)."""
+    from ...runtime.runs import RunDir
+
+    run = RunDir.create(cfg.output_dir, "plan", cfg.model.name, cfg)
+    return run.write_json("plan.json", plan)

@@ -1,0 +1,116 @@
+"""`mllm-arb plan`: the passes it predicts are the passes a real run makes, counted with hooks, exactly;
+on the organism stage by stage, and on the tiny model of every family for the sweeps themselves."""
+
+import json
+
+import pytest
+import torch
+
+from mllm_arb.core.prompt import render_all
+from mllm_arb.core.records import CONFLICT_CONDITIONS
+from mllm_arb.models.ledger import Ledger, count_calls
+from mllm_arb.models.loading import load_adapter, planning_adapter
+from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows, lens_rows
+from mllm_arb.pipeline.heads.arms import Arm, baseline, random_sets, run_arms
+from mllm_arb.pipeline.heads.methods import Removal, ablation_scores, prepare
+from mllm_arb.pipeline.plan.plan import plan_command
+from mllm_arb.runtime.config import resolved
+
+from ..conftest import FAMILIES, conflict_items, invoke, only_run
+
+SMALL = ["data.n_items=12", "analysis.max_items=4", "batch_size=4", "sweep.n_random=2", "sweep.n_random_dose=2",
+         "sweep.ks=[0.05]", "sweep.alphas=[2,3]", "sweep.interactions=2", "scoring.n_boot=50"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_planned_sweeps_equal_the_passes_a_real_run_makes(family):
+    """The knockout sweep, the lens, the exact head scan and blocking/amplification arms, fast and
+    straightforward: every decoder-layer call (layer, rows, positions), forward pass and image."""
+    real = load_adapter(f"tiny:{family}")
+    planned = planning_adapter(f"tiny:{family}")
+    assert next(planned.model.parameters()).device.type == "meta"  # no weights
+    samples = render_all(conflict_items(3), CONFLICT_CONDITIONS)
+    plan = KnockoutPlan(edges=STUDY_EDGES, window=1, n_layers=real.parts.n_layers, cumulative=True)
+    arms = [Arm("headline", "random", hs, 0.0, 0.1, seed=s) for s, hs in enumerate(random_sets(real.parts.n_layers, real.parts.n_heads, 2, 2, 0))]
+    arms.append(Arm("amplify", "top", ((0, 1), (1, 0)), 2.0, controls=True))
+
+    def work(adapter, fast):
+        knockout_rows(adapter, samples, plan, batch_size=3, fast=fast)
+        lens_rows(adapter, samples, 3)
+        preps = prepare(adapter, samples, 3)
+        ablation_scores(adapter, preps, Removal("zero", "all"), fast=fast)
+        ablation_scores(adapter, preps, Removal("zero", "last"), fast=fast)
+        base = {id(p): baseline(adapter, [p])[0] for p in preps}
+        run_arms(adapter, arms, preps[:1], preps[1:], base, Removal("zero", "all"), fast=fast)
+
+    for fast in (True, False):
+        planned.ledger = Ledger()
+        work(planned, fast)
+        with count_calls(real) as measured:
+            work(real, fast)
+        assert planned.ledger.layers == measured.layers and planned.ledger.forwards == measured.forwards
+        assert planned.ledger.images == measured.images > 0
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_adapter()
+
+
+def _measure(monkeypatch, adapter, stage_fn, cfg):
+    """A real stage run on `adapter`, its passes counted."""
+    for module in ("mllm_arb.pipeline.evaluate.stage", "mllm_arb.pipeline.analyze.stage", "mllm_arb.pipeline.heads.stage"):
+        monkeypatch.setattr(f"{module}.load_model", lambda cfg, ranks=None: adapter)
+    with count_calls(adapter) as measured:
+        result = stage_fn(cfg)
+    return measured.summary(), result
+
+
+def test_the_plan_of_each_stage_is_what_the_stage_computes_on_the_organism(organism, monkeypatch, tmp_path):
+    from mllm_arb.pipeline.analyze.stage import analyze_stage
+    from mllm_arb.pipeline.evaluate.stage import evaluate_stage
+    from mllm_arb.pipeline.heads.ablate import ablate_stage
+    from mllm_arb.pipeline.heads.amplify import amplify_stage
+    from mllm_arb.pipeline.heads.rank import rank_stage
+
+    cfg = resolved([*SMALL, f"output_dir={tmp_path}"])
+    for name, fn in (("evaluate", evaluate_stage), ("analyze", analyze_stage), ("rank-heads", rank_stage)):
+        measured, result = _measure(monkeypatch, organism, fn, cfg)
+        assert plan_command(cfg, name)["stages"][name]["fast"] == measured, name
+    # ablate and amplify on the heads rank-heads chose: the head set is the run's, not the plan's tie
+    heads = result.files["heads"]
+    cfg = resolved([*SMALL, f"output_dir={tmp_path}", f"sweep.heads_file={heads}"])
+    for name, fn in (("ablate", ablate_stage), ("amplify", amplify_stage)):
+        measured, _ = _measure(monkeypatch, organism, fn, cfg)
+        assert plan_command(cfg, name)["stages"][name]["fast"] == measured, name
+
+
+def test_plan_prints_counts_and_writes_plan_json_without_weights(tmp_path):
+    result = invoke("plan", "run", *SMALL, f"output_dir={tmp_path}", "--memory", "2")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((only_run(tmp_path, "plan") / "plan.json").read_text())
+    assert list(plan["stages"]) == ["evaluate", "analyze", "rank-heads", "ablate", "amplify"]
+    assert all(s["fast"]["decoder_layer_tokens"] > 0 for s in plan["stages"].values())
+    total = plan["total"]
+    assert total["fast"]["decoder_layer_tokens"] < total["straightforward"]["decoder_layer_tokens"]
+    assert plan["saving"]["forward_passes"] > 1 and plan["memory"]["largest_batch_that_fits"] > 0
+    assert plan["assumptions"] and "plan: " in result.output and "decoder token passes" in result.output
+
+
+@pytest.mark.parametrize("args, said", [
+    (["generate"], "plan covers evaluate"),
+    (["analyze", "analysis.saliency=true"], "attention saliency"),
+    (["rank-heads", "sweep.methods=[attribution]"], "ablation) only"),
+    (["evaluate", "--memory", "0"], "--memory"),
+    (["analyze", "model.path=/nonexistent/model"], "does not exist"),
+])
+def test_plan_refuses_what_it_cannot_count_in_one_line(tmp_path, args, said):
+    result = invoke("plan", *args, f"output_dir={tmp_path}")
+    assert result.exit_code == 2 and said in result.output
+    assert not (tmp_path / "plan").exists()
+
+
+def test_a_planned_model_holds_no_weights():
+    planned = planning_adapter()
+    assert all(p.device.type == "meta" for p in planned.model.parameters())
+    assert planned.device == torch.device("cpu") and planned.ledger is not None
