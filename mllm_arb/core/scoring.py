@@ -3,6 +3,7 @@ and optional greedy generation classified as following / competitor / other."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -80,7 +81,10 @@ def answer_ids(tokenizer, sample: Sample) -> AnswerIds:
 
 def binary_scores(logits: torch.Tensor, ids: Sequence[AnswerIds]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From [B, V] logits: log-odds of following vs competitor, p_follow, and the mass the two hold."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    if logits.stride(-1) == 0:  # one value per row repeated over the vocabulary (`mllm-arb plan`'s stand-in): uniform
+        logp = (logits[..., :1].float() * 0 - math.log(logits.shape[-1])).expand(logits.shape)
+    else:
+        logp = torch.log_softmax(logits.float(), dim=-1)
     lf = _logsumexp_at(logp, [a.following for a in ids])
     lc = _logsumexp_at(logp, [a.competitor for a in ids])
     log_odds = lf - lc

@@ -151,6 +151,9 @@ def knock_out_rows(adapter, block: torch.Tensor, row_layers: Sequence[Iterable[i
         # The attention function only sees the attention module; its `layer_idx` must be the layer's index.
         if getattr(layer.self_attn, "layer_idx", None) != i:
             raise UserError(f"{type(layer.self_attn).__name__} of layer {i} does not carry layer_idx={i}")
+    if adapter.ledger is not None:  # planning: the passes are counted, nothing is masked
+        yield
+        return
     ko = _Knockout(block, row_layers)
     with wrap_text_attention(model, ko.attention, "attention knockout") as root:
         ko.root_impl = root

@@ -114,3 +114,61 @@ def test_a_planned_model_holds_no_weights():
     planned = planning_adapter()
     assert all(p.device.type == "meta" for p in planned.model.parameters())
     assert planned.device == torch.device("cpu") and planned.ledger is not None
+
+
+# ------------------------------------------------------------------ a 7B-shaped model, for README's example
+#: LLaVA-1.5-7B's published shape (llava-hf/llava-1.5-7b-hf config.json): a Vicuna-7B text model and a
+#: CLIP ViT-L/14 tower at 336 px (576 image tokens)
+LLAVA_7B_TEXT = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
+LLAVA_7B_VISION = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                       num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+#: README's example (docs/plan/llava-1.5-7b-shape.json, the default configuration: 1m40s to plan on 2 cores);
+#: the test replans it at 16 items (docs/plan/llava-1.5-7b-shape-small.json)
+EXAMPLE = ("run", "--memory", "80")
+SMALL_EXAMPLE = ("data.n_items=16", "analysis.max_items=4")
+
+
+def write_llava_7b_shape(folder):
+    """config.json with LLaVA-1.5-7B's shape numbers and a processor at its image size (336 px, patch 14:
+    576 image tokens), with the tiny LLaVA's tokenizer: text token counts are this tokenizer's, not Llama's."""
+    import shutil
+
+    from transformers import CLIPImageProcessor, LlavaConfig
+
+    from mllm_arb.models.loading import materialise
+
+    tiny = materialise("tiny:llava")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(f"{tiny}/{name}", folder / name)
+    image_token = json.loads(open(f"{tiny}/config.json").read())["image_token_index"]
+    LlavaConfig(text_config=LLAVA_7B_TEXT, vision_config=LLAVA_7B_VISION, image_token_index=image_token,
+                vision_feature_layer=-2, vision_feature_select_strategy="default").save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaProcessor", "patch_size": 14,
+                                                              "vision_feature_select_strategy": "default",
+                                                              "num_additional_image_tokens": 1}))
+    return folder
+
+
+def test_the_committed_7b_example_is_what_plan_says(tmp_path):
+    """README's example: `mllm-arb plan run model.path=<that folder> --memory 80` on a config.json with
+    LLaVA-1.5-7B's shape, its plan.json committed in docs/plan/. The counts are deterministic, so the
+    committed 16-item plan must be what plan says today, and the committed full one has the same model."""
+    from pathlib import Path
+
+    folder = write_llava_7b_shape(tmp_path / "llava-1.5-7b-shape")
+    result = invoke("plan", EXAMPLE[0], f"model.path={folder}", "model.name=llava-1.5-7b-shape", "model.family=llava",
+                    "model.dtype=bfloat16", f"output_dir={tmp_path / 'out'}", *SMALL_EXAMPLE, *EXAMPLE[1:])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((only_run(tmp_path / "out", "plan") / "plan.json").read_text())
+    assert plan["model"]["n_layers"] == 32 and plan["model"]["n_heads"] == 32
+    assert plan["stages"]["analyze"]["tokens"]["image_tokens_max"] == 576
+    docs = Path(__file__).resolve().parents[2] / "docs" / "plan"
+    committed = json.loads((docs / "llava-1.5-7b-shape-small.json").read_text())
+    for key in ("stages", "total", "memory"):
+        assert plan[key] == committed[key], key
+    full = json.loads((docs / "llava-1.5-7b-shape.json").read_text())
+    assert {k: v for k, v in full["model"].items() if k != "path"} == {k: v for k, v in plan["model"].items() if k != "path"}
+    assert full["memory"]["weights_gib"] == plan["memory"]["weights_gib"] and full["stages"]["analyze"]["samples"] == 192
