@@ -172,3 +172,18 @@ def test_the_committed_7b_example_is_what_plan_says(tmp_path):
     full = json.loads((docs / "llava-1.5-7b-shape.json").read_text())
     assert {k: v for k, v in full["model"].items() if k != "path"} == {k: v for k, v in plan["model"].items() if k != "path"}
     assert full["memory"]["weights_gib"] == plan["memory"]["weights_gib"] and full["stages"]["analyze"]["samples"] == 192
+
+
+@pytest.mark.parametrize("model, impl", [(None, "sdpa"), ("tiny:llava", "sdpa"), ("tiny:gemma3", "eager"), (None, "eager")])
+def test_the_memory_estimate_is_within_a_quarter_of_the_measured_cpu_peak(model, impl):
+    """A plain forward pass's peak tensor memory on the CPU (torch's profiler) against plan's estimate."""
+    from benchmarks.common import peak_bytes
+    from mllm_arb.pipeline.plan.plan import activation_bytes_per_row
+
+    adapter = load_adapter(model, attn_implementation=impl)
+    batch = adapter.build_batch(render_all(conflict_items(4), CONFLICT_CONDITIONS[:1]))
+    n_rows, n_tokens = batch.inputs["input_ids"].shape
+    with torch.no_grad():
+        measured = peak_bytes(lambda: adapter.last_logits(batch))
+    predicted = n_rows * activation_bytes_per_row(adapter, n_tokens, 4, impl == "eager")
+    assert 0.75 <= predicted / measured <= 1.25, (predicted, measured)

@@ -27,7 +27,7 @@ from ...core.records import parse_conditions
 from ...core.scoring import batches
 from ...data.sources import build_items
 from ...interventions.knockout import default_window_size
-from ...interventions.prefix import _plain_pass_size
+from ...interventions.prefix import _sizes
 from ...models.adapter import ModelAdapter
 from ...models.ledger import Ledger
 from ...models.loading import planning_adapter
@@ -196,7 +196,7 @@ def plan_command(cfg: DictConfig, command: str, memory_gib: float | None = None)
     n_params = sum(p.numel() for p in adapter.model.parameters())
     width = DTYPE_BYTES.get(str(m.dtype), 4)
     longest = max(s["tokens"]["longest_batch"] for s in stages.values())
-    per_row = _plain_pass_size(adapter, longest) * width  # the activations one row of a plain pass holds at its peak
+    per_row = activation_bytes_per_row(adapter, longest, width, m.attn_implementation == "eager")
     mem = {"dtype": str(m.dtype), "parameters": n_params, "weights_gib": n_params * width / 2**30,
            "activations_per_row_gib": per_row / 2**30, "batch_size": int(cfg.batch_size),
            "peak_per_batch_gib": (n_params * width + per_row * int(cfg.batch_size)) / 2**30, "longest_batch_tokens": longest}
@@ -216,6 +216,18 @@ def plan_command(cfg: DictConfig, command: str, memory_gib: float | None = None)
         "memory": mem,
         "assumptions": ASSUMPTIONS if any(s in COMMANDS[command] for s in ("ablate", "amplify")) else [],
     }
+
+
+def activation_bytes_per_row(adapter: ModelAdapter, n_tokens: int, width: int, eager: bool) -> int:
+    """The peak bytes one row of a plain forward pass holds beyond the weights: per position, the larger of
+    the full-sequence logits (with the last hidden states) and the MLP's intermediates (with the residual
+    and attention input), plus the attention scores where the implementation materialises them (eager).
+    The text decoder's peak; the vision tower runs before it and is smaller on the models studied. Measured
+    within 10% of the CPU peak on the organism and every tiny family tried (`tests/pipeline/test_plan.py`)."""
+    d, ffn, _ = _sizes(adapter)
+    vocab = int(adapter.parts.unembed.out_features)
+    per_token = max(vocab + 2 * d, 3 * ffn + 4 * d) + (adapter.parts.n_heads * n_tokens if eager else 0)
+    return per_token * n_tokens * width
 
 
 def write_plan(cfg: DictConfig, plan: dict):
