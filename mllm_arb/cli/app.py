@@ -275,6 +275,8 @@ def plan_cmd(
     overrides: Optional[list[str]] = OVERRIDES,
     memory: Optional[float] = typer.Option(None, "--memory", help="Memory the model may use, in GiB: plan says the largest "
                                            "batch that fits."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Also predict wall time: load the model and time a few real "
+                                   "forward passes on this machine, then scale by the counts."),
     print_cfg: bool = PRINT_CFG,
 ) -> None:
     """Count what COMMAND would compute (forward passes, decoder-layer passes with and without the fast paths,
@@ -282,6 +284,7 @@ def plan_cmd(
     with user_errors():
         if memory is not None and not memory > 0:
             raise UserError(f"--memory {memory}: give the memory in GiB, above 0")
+        from ..pipeline.plan.plan import calibrate as calibrate_plan
         from ..pipeline.plan.plan import check_plannable, plan_command, write_plan
 
         cfg = config_or_print(command if command != "run" else "run", overrides, print_cfg)
@@ -289,6 +292,8 @@ def plan_cmd(
             return
         check_plannable(cfg, command)
         plan = plan_command(cfg, command, memory)
+        if calibrate:
+            plan["time"] = calibrate_plan(cfg, plan)
         path = write_plan(cfg, plan)
         show_plan(plan, path)
 
@@ -315,6 +320,10 @@ def show_plan(plan: dict, path: Path) -> None:
     console.print(line, highlight=False)
     console.print("decoder token passes: Σ rows × positions over every decoder-layer call, divided by the layers "
                   "(one token through the whole decoder counts 1)", highlight=False)
+    if "time" in plan:
+        t = plan["time"]
+        console.print("predicted wall time on this machine: " + ", ".join(f"{k} {v:.0f} s" for k, v in t["stages_s"].items())
+                      + f"; total {t['total_s']:.0f} s (calibration took {t['calibration_s']:.1f} s)", highlight=False)
     for a in plan["assumptions"]:
         console.print(f"assumed: {a}", highlight=False)
     console.print(f"plan: {path}", highlight=False)

@@ -187,3 +187,13 @@ def test_the_memory_estimate_is_within_a_quarter_of_the_measured_cpu_peak(model,
         measured = peak_bytes(lambda: adapter.last_logits(batch))
     predicted = n_rows * activation_bytes_per_row(adapter, n_tokens, 4, impl == "eager")
     assert 0.75 <= predicted / measured <= 1.25, (predicted, measured)
+
+
+def test_calibrate_times_real_passes_and_predicts_each_stage(tmp_path):
+    """`--calibrate` loads the model, times real forward passes and scales the counts (how close the
+    prediction comes is a benchmark, benchmarks/bench_plan.py, not a timed test)."""
+    result = invoke("plan", "analyze", *SMALL, f"output_dir={tmp_path}", "--calibrate")
+    assert result.exit_code == 0, result.output
+    t = json.loads((only_run(tmp_path, "plan") / "plan.json").read_text())["time"]
+    assert t["seconds_per_layer_token"] > 0 and set(t["stages_s"]) == {"analyze"} and t["total_s"] > 0
+    assert t["calibration_s"] > 0 and "predicted wall time on this machine" in result.output

@@ -230,6 +230,45 @@ def activation_bytes_per_row(adapter: ModelAdapter, n_tokens: int, width: int, e
     return per_token * n_tokens * width
 
 
+def calibrate(cfg: DictConfig, plan: dict, repeats: int = 3) -> dict:
+    """Predicted wall time per stage on this machine: time real forward passes of the model (its weights
+    are loaded for this) over one batch of the study's prompts and over one row of it, fit seconds per
+    decoder-layer call and per decoder-layer token (`t = a · calls + b · tokens`), and apply them to the
+    plan's counts (fast paths on). Suffix sweeps' longer keys and the vision tower of resumed passes are
+    not in the fit; the calibration's own time is reported with it."""
+    import time
+
+    from ...runtime.loading import load_model
+
+    start = time.perf_counter()
+    adapter = load_model(cfg)
+    items, _ = build_items(cfg.data)
+    samples = render_all(items[: int(cfg.batch_size)], parse_conditions(cfg.analysis.settings, "analysis.settings"), **cfg.templates)
+    full = adapter.build_batch(samples[: int(cfg.batch_size)])
+    one = adapter.build_batch(samples[:1])
+    n_layers = adapter.parts.n_layers
+
+    def seconds(batch) -> float:
+        with torch.no_grad():
+            adapter.last_logits(batch)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                adapter.last_logits(batch)
+                best = min(best, time.perf_counter() - t)
+        return best
+
+    points = [(n_layers, n_layers * b.inputs["input_ids"].numel(), seconds(b)) for b in (full, one)]
+    (c1, k1, t1), (c2, k2, t2) = points
+    per_token = max((t1 - t2) / (k1 - k2), 0.0) if k1 != k2 else t1 / k1
+    per_call = max((t1 - per_token * k1) / c1, 0.0)
+    stages = {name: per_call * st["fast"]["decoder_layer_calls"] + per_token * st["fast"]["decoder_layer_tokens"]
+              for name, st in plan["stages"].items()}
+    return {"seconds_per_layer_call": per_call, "seconds_per_layer_token": per_token, "stages_s": stages,
+            "total_s": sum(stages.values()), "calibration_s": time.perf_counter() - start,
+            "device": str(adapter.device), "threads": torch.get_num_threads()}
+
+
 def write_plan(cfg: DictConfig, plan: dict):
     """plan.json in a fresh run directory `<output_dir>/plan/<model>/<stamp>-<hash>/` (never over another)."""
     from ...runtime.runs import RunDir
