@@ -285,12 +285,15 @@ class PrefixRun:
         return start
 
     # ------------------------------------------------------------------ running layers
-    def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict, n_variants: int = 1, start: int = 0) -> torch.Tensor:
+        """Decoder layer `index` on `hidden` (positions `start..` of `n_variants` stacked copies of the batch),
+        followed by what the model writes after that layer besides it (DeepStack, `self.gaps`)."""
         if self.ledger is not None:
             self.ledger.layer(index, hidden.shape[0], hidden.shape[1])
             return hidden
         out = self.parts.layers[index](hidden, **kwargs)
-        return out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
+        out = out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
+        return self.gaps.apply(index, out, n_variants, start)
 
     def _logits(self, hidden: torch.Tensor, n_variants: int, start: int = 0) -> torch.Tensor:
         if self.ledger is not None:
@@ -308,7 +311,7 @@ class PrefixRun:
         for index in range(stop):
             yield index, hidden
             if index + 1 < stop:
-                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
+                hidden = self._layer(index, hidden, self._calls[index])
 
     @torch.no_grad()
     def resume(self, layer: int, hidden: torch.Tensor, n_variants: int = 1) -> torch.Tensor:
@@ -317,8 +320,7 @@ class PrefixRun:
         memo: dict = {}
         h = _tile(hidden, self.n_rows, n_variants, memo)
         for index in range(layer, self.n_layers):
-            h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo))
-            h = self.gaps.apply(index, h, n_variants)
+            h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo), n_variants)
         return self._logits(h, n_variants)
 
     @torch.no_grad()
@@ -425,10 +427,10 @@ class PrefixRun:
         hidden = self._first
         for index in range(self.n_layers):
             if index < first_layers[group[0]]:
-                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
+                hidden = self._layer(index, hidden, self._calls[index])
                 continue
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
-                following = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
+                following = self._layer(index, hidden, self._calls[index])
             while waiting and first_layers[waiting[0]] == index:
                 j = waiting.pop(0)
                 suffix[j] = hidden[:, starts[j] :]
@@ -439,8 +441,7 @@ class PrefixRun:
                     h = torch.cat([suffix[j] for j in chunk])
                     memo: dict = {}
                     with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk), start), "a suffix sweep"):
-                        h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo))
-                    h = self.gaps.apply(index, h, len(chunk), start)
+                        h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo), len(chunk), start)
                     for v, j in enumerate(chunk):
                         suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
             kept.clear()
@@ -505,12 +506,12 @@ class PrefixRun:
             if self._final is not None:  # kept by the recorded pass
                 final_input, kept["kv"] = self._final[index]
             elif not active and index < first_layers[waiting[0]]:  # no variant acts yet
-                hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
+                hidden = self._layer(index, hidden, self._calls[index])
                 continue
             else:
                 final_input = hidden[:, -1:]
                 with wrap_text_attention(self.model, keep, "a last-position sweep"):  # the last layer too: its keys
-                    hidden = self.gaps.apply(index, self._layer(index, hidden, self._calls[index]))
+                    hidden = self._layer(index, hidden, self._calls[index])
             while waiting and first_layers[waiting[0]] == index:
                 active.append(waiting.pop(0))
                 columns.append(final_input)
@@ -520,7 +521,8 @@ class PrefixRun:
                 cut = blocked(index, active[chunk]) if blocked else None
                 kwargs = self._column_call(calls[index], len(active[chunk]), masks, cut)
                 with intervene(active[chunk]), wrap_text_attention(self.model, prepend, "a last-position sweep"):
-                    out = self._layer(index, torch.cat(columns[chunk], 1), kwargs)
+                    # columns are the final position, which no between-layer writer touches (checked above)
+                    out = self._layer(index, torch.cat(columns[chunk], 1), kwargs, start=self.n_tokens - 1)
                 columns[chunk] = out.split(1, 1)
             kept.clear()
         if on_done:
