@@ -24,28 +24,45 @@ from .flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge, summarise_
 from .saliency import saliency_rows, summarise_saliency
 
 
-def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
-    a = cfg.analysis
+def analysis_edges(cfg: DictConfig) -> tuple[tuple[str, str], ...]:
     try:
-        edges = tuple(parse_edge(e) for e in a.edges)
+        return tuple(parse_edge(e) for e in cfg.analysis.edges)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def analysis_samples(cfg: DictConfig) -> tuple[list, str, str, list]:
+    """(items, dataset fingerprint, fingerprint of the items analysed, samples): the dataset's first
+    `analysis.max_items` items, rendered in each of `analysis.settings`."""
+    a = cfg.analysis
+    items, fp = build_items(cfg.data)
+    items_fp = fp  # the dataset stays the other stages' one; the items analysed may be its first few
+    if a.max_items and len(items) > a.max_items:
+        # the sweep costs edges × layers forward passes per sample: cap it unless asked for more
+        items = items[: int(a.max_items)]
+        items_fp = hashlib.sha256(f"{fp}:first-{a.max_items}".encode()).hexdigest()[:16]
+    return items, fp, items_fp, render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
+
+
+def knockout_plan(cfg: DictConfig, edges, n_layers: int) -> KnockoutPlan:
+    a = cfg.analysis
+    window = int(a.window) if a.window else default_window_size(n_layers)
+    if not 1 <= window <= n_layers:
+        raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
+    return KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
+
+
+def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
+    a = cfg.analysis
+    edges = analysis_edges(cfg)
     with session() as ranks:
-        items, fp = build_items(cfg.data)
-        items_fp = fp  # the dataset stays the other stages' one; the items analysed may be its first few
-        if a.max_items and len(items) > a.max_items:
-            # the sweep costs edges × layers forward passes per sample: cap it unless asked for more
-            items = items[: int(a.max_items)]
-            items_fp = hashlib.sha256(f"{fp}:first-{a.max_items}".encode()).hexdigest()[:16]
-        samples = render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
+        items, fp, items_fp, samples = analysis_samples(cfg)
         with ranks.main_first():
             adapter = load_model(cfg, ranks)
         check_answers(adapter.tokenizer, samples)
         n_layers = adapter.parts.n_layers
-        window = int(a.window) if a.window else default_window_size(n_layers)
-        if not 1 <= window <= n_layers:
-            raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
-        plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
+        plan = knockout_plan(cfg, edges, n_layers)
+        window = plan.window
         units = list(batches(samples, cfg.batch_size))
         with Stage.open(cfg, "analyze", resume, ranks, fp, model_source=str(cfg.model.path), n_samples=len(samples),
                         window=window, n_items=len(items), items_fingerprint=items_fp) as stage:

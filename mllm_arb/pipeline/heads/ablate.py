@@ -12,7 +12,7 @@ from ...core.verdicts import blocking_finding
 from ...report.head_figures import draw_blocking_figures
 from ...runtime.ranks import session
 from ...runtime.stage import StageResult
-from .arms import blocking_arms, interaction_arms
+from .arms import ablate_arms
 from .methods import prepare
 from .stage import arm_major, arm_units, heads_for, open_stage, setup
 from .summaries import summarise_blocking, summarise_dose, summarise_interactions
@@ -29,8 +29,8 @@ def ablate_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             removal = study.removal(rank_preps)  # mean ablation: the means are recomputed on resume (one pass)
             with stage.run.timed("rank"):
                 head_set = heads_for(stage, study, rank_preps, removal)
-            n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
-            arms = blocking_arms(head_set, n, sweep, cfg.seed) + interaction_arms(head_set.top(n), 0.0, sweep.interactions)
+            n = study.n_used(head_set)
+            arms = ablate_arms(head_set, n, sweep, cfg.seed)
             with stage.run.timed("sweep"):
                 saved = arm_units(stage, study, "ablate", eval_preps, arms, removal, f"blocking ({len(arms)} head sets)")
         if not stage.main:

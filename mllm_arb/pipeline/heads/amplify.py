@@ -12,7 +12,7 @@ from ...core.verdicts import recovery_finding
 from ...report.head_figures import draw_amplification_figures
 from ...runtime.ranks import session
 from ...runtime.stage import StageResult
-from .arms import amplification_arms, interaction_arms, random_amplification_arms, split_preps
+from .arms import amplify_arms, random_amplification_arms, split_preps
 from .methods import Removal, prepare
 from .stage import arm_major, arm_units, heads_for, open_stage, setup
 from .summaries import summarise_amplification, summarise_random_amplification
@@ -35,9 +35,8 @@ def amplify_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             with stage.run.timed("rank"):
                 head_set = heads_for(stage, study, rank_preps, study.removal(rank_preps) if rank_preps else None)
             removal = Removal("zero", sweep.positions)  # amplification only scales: this says where
-            n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
-            arms = amplification_arms(head_set.top(n), sweep.alphas)
-            arms += [arm for alpha in sweep.alphas for arm in interaction_arms(head_set.top(n), alpha, sweep.interactions)]
+            n = study.n_used(head_set)
+            arms = amplify_arms(head_set, n, sweep)
             with stage.run.timed("sweep"):
                 saved = arm_units(stage, study, "amplify", eval_preps, arms, removal,
                                   f"amplifying (α = {', '.join(map(str, sweep.alphas))})", everyone=True)

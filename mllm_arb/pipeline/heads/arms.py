@@ -216,6 +216,17 @@ def amplification_arms(heads: Sequence[Head], alphas: Sequence[float]) -> list[A
     return [Arm("amplify", "top", tuple(heads), float(a), controls=True) for a in alphas]
 
 
+def ablate_arms(head_set: HeadSet, n: int, cfg: SweepConfig, seed: int) -> list[Arm]:
+    """Every arm `ablate` runs on each batch: `blocking_arms`, then each top head alone and left out."""
+    return blocking_arms(head_set, n, cfg, seed) + interaction_arms(head_set.top(n), 0.0, cfg.interactions)
+
+
+def amplify_arms(head_set: HeadSet, n: int, cfg: SweepConfig) -> list[Arm]:
+    """The arms of `amplify`'s first sweep: the top n at every α, then each top head alone and left out at every α."""
+    arms = amplification_arms(head_set.top(n), cfg.alphas)
+    return arms + [arm for alpha in cfg.alphas for arm in interaction_arms(head_set.top(n), alpha, cfg.interactions)]
+
+
 def random_amplification_arms(head_set: HeadSet, n: int, alpha: float, n_seeds: int, seed: int) -> list[Arm]:
     return [Arm("amplify", "random", hs, float(alpha), seed=s)
             for s, hs in enumerate(random_sets(head_set.n_layers, head_set.n_heads, n, n_seeds, seed))]

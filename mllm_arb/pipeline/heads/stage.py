@@ -71,6 +71,10 @@ class HeadStudy:
                 "n_eval_items": len(self.eval_items), "heads_file": self.sweep.heads_file,
                 "n_eval_items_dropped_overlap": self.n_overlap_dropped}
 
+    def n_used(self, head_set: HeadSet) -> int:
+        """How many heads the stage edits: a file's whole set, or the top `sweep.top_k` / `top_n` of a ranking."""
+        return len(head_set.heads) if not head_set.ranking else self.sweep.n_selected(self.total)
+
     def removal(self, rank_preps: list[Prepared] | None) -> Removal:
         if self.sweep.ablation != "mean":
             return Removal("zero", self.sweep.positions)

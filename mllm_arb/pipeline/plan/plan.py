@@ -26,15 +26,14 @@ from ...core.prompt import render_all
 from ...core.records import parse_conditions
 from ...core.scoring import batches
 from ...data.sources import build_items
-from ...interventions.knockout import default_window_size
 from ...interventions.prefix import _sizes
 from ...models.adapter import ModelAdapter
 from ...models.ledger import Ledger
 from ...models.loading import planning_adapter
 from ...models.scoring import score_samples
-from ..analyze.flow import KnockoutPlan, knockout_rows, lens_rows, parse_edge
-from ..heads.arms import (amplification_arms, applicable_arms, arm_log_odds, blocking_arms, interaction_arms,
-                          random_amplification_arms, split_preps)
+from ..analyze.flow import knockout_rows, lens_rows
+from ..analyze.stage import analysis_edges, analysis_samples, knockout_plan
+from ..heads.arms import ablate_arms, amplify_arms, applicable_arms, arm_log_odds, random_amplification_arms, split_preps
 from ..heads.methods import Removal, ablation_scores, method_scores, prepare
 from ..heads.stage import ranking_from, setup
 
@@ -103,16 +102,8 @@ def plan_evaluate(cfg: DictConfig, adapter: ModelAdapter) -> dict:
 
 def plan_analyze(cfg: DictConfig, adapter: ModelAdapter) -> dict:
     a = cfg.analysis
-    edges = tuple(parse_edge(e) for e in a.edges)
-    items, _ = build_items(cfg.data)
-    if a.max_items and len(items) > a.max_items:
-        items = items[: int(a.max_items)]
-    samples = render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
-    n_layers = adapter.parts.n_layers
-    window = int(a.window) if a.window else default_window_size(n_layers)
-    if not 1 <= window <= n_layers:
-        raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
-    plan = KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
+    _, _, _, samples = analysis_samples(cfg)
+    plan = knockout_plan(cfg, analysis_edges(cfg), adapter.parts.n_layers)
 
     def work(fast: bool) -> None:
         for unit in batches(samples, cfg.batch_size):  # the stage's units: one batch each
@@ -156,16 +147,13 @@ def plan_heads(cfg: DictConfig, adapter: ModelAdapter, stage: str, ranked: bool 
                     _scores(adapter, p, method, removal, fast)
             return
         head_set = _head_set(cfg, adapter, study, removal, fast, count=not ranked)
-        n = len(head_set.heads) if not head_set.ranking else sweep.n_selected(study.total)
+        n = study.n_used(head_set)
         eval_preps = prepare(adapter, study.eval_samples(), cfg.batch_size)
         settings, _ = split_preps(eval_preps, sweep.settings)
         if stage == "ablate":
-            arms = blocking_arms(head_set, n, sweep, cfg.seed) + interaction_arms(head_set.top(n), 0.0, sweep.interactions)
-            sweeps = [(eval_preps, arms, True)]
+            sweeps = [(eval_preps, ablate_arms(head_set, n, sweep, cfg.seed), True)]
         else:  # the second sweep's α is the best one measured; the count does not depend on which
-            arms = amplification_arms(head_set.top(n), sweep.alphas)
-            arms += [arm for alpha in sweep.alphas for arm in interaction_arms(head_set.top(n), alpha, sweep.interactions)]
-            sweeps = [(eval_preps, arms, True),
+            sweeps = [(eval_preps, amplify_arms(head_set, n, sweep), True),
                       (settings, random_amplification_arms(head_set, n, max(sweep.alphas), sweep.n_random, cfg.seed), False)]
         for units, unit_arms, plain in sweeps:
             for p in units:
