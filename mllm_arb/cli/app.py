@@ -21,7 +21,7 @@ from ..core.errors import UserError
 from ..core.heads_file import FILE_NAME
 from ..core.names import SHARDABLE
 from ..core.paths import conf_dir
-from ..runtime.config import configure, resolved
+from ..runtime.config import config_error_line, configure, resolved
 from ..runtime.progress import console_width, log_every
 from ..runtime.runs import OPENED, unlock_run
 from .tables import console, show
@@ -65,11 +65,7 @@ def user_errors():
         )
         raise typer.Exit(2) from None
     except (HydraException, OmegaConfBaseException) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        cause = exc.__cause__
-        if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # why the override did not fit the key's type
-            msg += f": {str(cause).strip().splitlines()[0]}"
-        err_console.print(f"[bold red]config error:[/] {msg}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]config error:[/] {config_error_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except OSError as exc:  # (after Hydra's errors, some of which are OSErrors) a full disk, a folder that is a file or read-only: the system's reason and where
         where = f": {exc.filename}" if exc.filename else ""

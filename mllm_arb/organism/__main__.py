@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from ..core.errors import UserError
+    from ..runtime.config import config_error_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     ship = "--ship" in args
@@ -86,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [a for a in args if a != "--ship"]
         train_and_ship(name, organism_config(name, overrides), ship)
     except (UserError, ValueError, FileExistsError, HydraException, OmegaConfBaseException) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc.__cause__, OmegaConfBaseException) and str(exc.__cause__).strip():  # why a value did not fit
-            msg += f": {str(exc.__cause__).strip().splitlines()[0]}"
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {config_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -43,3 +43,15 @@ def configure(command: str, overrides: list[str] | None, resume: Path | None) ->
     from .resume import resume_config
 
     return resume_config(resume, command, resolved(overrides) if overrides else None)
+
+
+def config_error_line(exc: BaseException) -> str:
+    """A Hydra or OmegaConf error in one line: its first line, and why the value did not fit the key's type
+    when that is the cause (the rest of their messages is a traceback of the composition)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        msg += f": {str(cause).strip().splitlines()[0]}"
+    return msg
