@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.adapter import Batch
-from .gaps import record_gaps
+from .gaps import Gaps, record_gaps
 
 SUBLAYERS = ("attn", "mlp")
 
@@ -279,7 +279,7 @@ def component_contributions(
     if adapter.ledger is not None:  # planning: one forward pass counted, zero contributions
         adapter.ledger.forward(adapter, batch)
         pos, valid = resolve_positions(batch, positions)
-        sublayers = SUBLAYERS + ((adapter.gap_component,) if adapter.gap_writer else ())
+        sublayers = SUBLAYERS + ((Gaps(adapter).name,) if adapter.gap_writer else ())
         zeros = torch.zeros(*pos.shape, adapter.parts.n_layers, len(sublayers))
         flat = torch.zeros(pos.shape)
         return Contributions(zeros, zeros, flat, flat, flat, flat, pos, valid, sublayers)

@@ -130,8 +130,11 @@ def materialise(path: str | Path | None) -> str:
     return path  # a hub id: transformers resolves it from the local cache (offline)
 
 
-def _checked_config(source: str, family: str | None):
-    """`source`'s config.json and the adapter class of its family, checked before any weights load."""
+def _checked_config(source: str, family: str | None, attn_implementation: str):
+    """`source`'s config.json and the adapter class of its family, checked (with the attention
+    implementation asked for) before any weights load."""
+    if attn_implementation not in ATTENTION:
+        raise UserError(f"model.attn_implementation={attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     try:
@@ -153,6 +156,10 @@ def _checked_config(source: str, family: str | None):
     if family and family != adapter_cls.family and adapter_cls is not IntrospectedAdapter:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
     return config, adapter_cls
+
+
+def _label(path, name: str | None) -> str:
+    return name or Path(str(path or "organism")).name
 
 
 def _processor(source: str, padding_side: str):
@@ -181,9 +188,7 @@ def planning_adapter(
     from .ledger import Ledger
 
     source = materialise(path)
-    config, adapter_cls = _checked_config(source, family)
-    if attn_implementation not in ATTENTION:
-        raise UserError(f"model.attn_implementation={attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
+    config, adapter_cls = _checked_config(source, family, attn_implementation)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
 
@@ -192,7 +197,7 @@ def planning_adapter(
         def device(self) -> torch.device:  # batches stay on the CPU: only their shapes and groups matter
             return torch.device("cpu")
 
-    adapter = Planned(model, _processor(source, padding_side), name=name or Path(str(path or "organism")).name)
+    adapter = Planned(model, _processor(source, padding_side), name=_label(path, name))
     adapter.ledger = Ledger()
     return adapter
 
@@ -212,14 +217,12 @@ def load_adapter(
     from transformers import AutoModelForImageTextToText
 
     source = materialise(path)
-    config, adapter_cls = _checked_config(source, family)
+    config, adapter_cls = _checked_config(source, family, attn_implementation)
     if device == "auto" and importlib.util.find_spec("accelerate") is None:
         raise UserError("model.device=auto (device_map='auto') needs accelerate: pip install 'mllm-arb[multi-gpu]', or set model.device=cuda")
     check_device(device)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if attn_implementation not in ATTENTION:
-        raise UserError(f"model.attn_implementation={attn_implementation!r}: choose one of {', '.join(ATTENTION)}")
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
     if device == "auto":
         kwargs["device_map"] = "auto"  # needs accelerate; spreads a large model over the GPUs
@@ -237,7 +240,7 @@ def load_adapter(
         model = model.to(device)
     model.eval()
     processor = _processor(source, padding_side)
-    label = name or Path(str(path or "organism")).name
+    label = _label(path, name)
     if adapter_cls is not IntrospectedAdapter:
         return adapter_cls(model, processor, name=label)
     try:
