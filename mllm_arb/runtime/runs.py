@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.errors import UserError
 from ..core.files import atomic_write_bytes, file_mode, to_jsonable
+from .allocator import allocator_state
 
 #: what write_manifest computes itself (everything else in a manifest came from `extra`)
 MANIFEST_KEYS = ("command", "created", "git_sha", "config_hash", "seed", "versions", "python", "host", "device", "cuda", "timings_s")
@@ -202,6 +203,7 @@ class RunDir:
             "host": platform.node(),
             "device": str(self.cfg.model.get("device", "cpu")) if "model" in self.cfg else "cpu",
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "allocator": allocator_state(),
             "timings_s": self.timings,
             **self.extra,
         }
