@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install analyze test bench bench-gpu gpu-identities timings clean browser
+.PHONY: install analyze test bench bench-run bench-gpu gpu-identities timings clean browser
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): a virtual environment, torch 2.13.0 (CPU build), then mllm-arb with its dev extra (a few minutes, once)"
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
 
 # the fast paths' ratios in bfloat16 on random-weight 7B-shaped LLaVA and Qwen2.5-VL models; needs a CUDA device, < 8 min
+# `mllm-arb run` before and after the speed work, side by side (benchmarks/bench_run.py; about 10 minutes)
+bench-run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_run
+
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu
 

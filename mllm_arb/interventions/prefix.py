@@ -171,6 +171,7 @@ class PrefixRun:
         self._final: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
         #: planning (`adapter.ledger`): layer calls are counted, not run, on hidden states of width 0
         self.ledger = adapter.ledger
+        self._batch = batch
         if self.ledger is not None:
             self._plan(batch, keep_final)
             return
@@ -217,7 +218,6 @@ class PrefixRun:
 
     def _plan(self, batch: Batch, keep_final: bool) -> None:
         """The recorded pass, counted: empty layer arguments, width-0 states, zero logits."""
-        self._batch = batch
         self._calls = [{} for _ in range(self.parts.n_layers)]
         self._first = torch.zeros(self.n_rows, self.n_tokens, 0)
         self._width = _sizes(self.adapter)[0]
@@ -448,6 +448,132 @@ class PrefixRun:
             hidden = following
         for j, h in suffix.items():
             yield j, self._logits(h, 1, starts[j])
+
+    # ------------------------------------------------------------------ two batches sharing a prefix
+    def shared_prefix(self, other: "PrefixRun") -> tuple[int, torch.Tensor] | None:
+        """`(start, offsets)` when `other`'s rows repeat this run's rows up to a point (the same item
+        under another instruction): for every row i, `other`'s positions from its first real token to
+        `start` hold what this run's hold `offsets[i]` positions later (their left padding differs), with
+        the same image inputs, and no position of `other` before `start` sees one after it. None when
+        the batches do not pair, or share less than half of `other`'s positions (then pairing saves little).
+        """
+        a, b = self._batch, other._batch
+        if len(a) != len(b) or [s.item_id for s in a.samples] != [s.item_id for s in b.samples]:
+            return None
+
+        def per_token(batch) -> list[str]:  # the token ids, and what runs along them (token types)
+            shape = batch.inputs["input_ids"].shape
+            return sorted(k for k, v in batch.inputs.items() if k not in ("attention_mask", "position_ids")
+                          and isinstance(v, torch.Tensor) and v.shape == shape)
+
+        streams = per_token(a)
+        if streams != per_token(b):
+            return None
+        for key in set(a.inputs) | set(b.inputs):
+            if key in ("attention_mask", "position_ids", *streams):
+                continue
+            x, y = a.inputs.get(key), b.inputs.get(key)
+            same = (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape
+                    and torch.equal(x, y)) if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor) else x == y
+            if not same:
+                return None
+        pads = []
+        for batch in (a, b):
+            ids = batch.inputs["input_ids"]
+            mask = batch.inputs.get("attention_mask", torch.ones_like(ids)).to(torch.bool).cpu()
+            real = mask.sum(1)
+            pad = ids.shape[1] - real
+            if not torch.equal(mask, torch.arange(ids.shape[1])[None] >= pad[:, None]):
+                return None  # not left padding
+            pads.append(pad)
+        pad_a, pad_b = pads
+        start = other.n_tokens
+        for key in streams:
+            ids_a, ids_b = a.inputs[key].cpu(), b.inputs[key].cpu()
+            for i in range(len(b)):
+                x, y = ids_a[i, int(pad_a[i]):], ids_b[i, int(pad_b[i]):]
+                n = min(len(x), len(y))
+                differ = (x[:n] != y[:n]).nonzero()
+                start = min(start, int(pad_b[i]) + (int(differ[0]) if len(differ) else n))
+        touched = torch.zeros(len(b), other.n_tokens, dtype=torch.bool)
+        touched[:, min(start, other.n_tokens - 1):] = True
+        start = other.start_for(touched)
+        if start <= int(pad_b.max()) or 2 * start < other.n_tokens:
+            return None
+        offsets = pad_a - pad_b
+        if self.ledger is None:
+            # the shared positions' layer input (embeddings, image features) must agree too
+            index = (torch.arange(start)[None] + offsets[:, None]).clamp(0, self.n_tokens - 1)
+            mine = self._first.gather(1, index.to(self._first.device)[..., None].expand(-1, -1, self._first.shape[-1]))
+            real = (torch.arange(start)[None] >= pad_b[:, None]).to(mine.device)[..., None]
+            if not torch.allclose(mine * real, other._first[:, :start] * real, rtol=1e-5, atol=1e-6):
+                return None
+        return start, offsets
+
+    @torch.no_grad()
+    def paired_sweep(
+        self, other: "PrefixRun", start: int, offsets: torch.Tensor, first_layers: Sequence[int],
+        intervene: Callable[[Sequence[int]], AbstractContextManager], intervene_other: Callable[[Sequence[int]], AbstractContextManager],
+        per_pass: int | None = None, on_done: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`[n, B, vocab]` on this run's rows, `[n, B, vocab]` on `other`'s) last-position logits of `n`
+        variants acting from layer `first_layers[j]` on at every position of both batches, `other` sharing
+        this run's prefix (`shared_prefix`: `start`, `offsets`).
+
+        Variant j runs resumed at its first layer on this run's rows, `per_pass` stacked (default:
+        `max_variants`), and in step with it, layer by layer, on `other`'s positions `start..` alone: their
+        attention puts in front of their own keys and values those of this run's rows under the same
+        variant in the same layer (positions `offsets[i]` later in row i). Both batches take their edits
+        from `intervene(js)` and `intervene_other(js)` (rows as for `resume`; `other`'s positions from
+        `start` on). `on_done(k)`: k variants finished on both batches."""
+        if other.n_rows != self.n_rows:
+            raise ValueError("paired batches hold the same items")
+        n_rows = self.n_rows
+        out_a: list[torch.Tensor | None] = [None] * len(first_layers)
+        out_b: list[torch.Tensor | None] = [None] * len(first_layers)
+        by_layer: dict[int, list[int]] = {}
+        for j, layer in enumerate(first_layers):
+            by_layer.setdefault(layer, []).append(j)
+        per_pass = per_pass or max_variants(self.adapter, self.n_tokens)
+        calls = other._suffix_calls(start)
+        index = (torch.arange(start)[None] + offsets[:, None]).clamp(0, self.n_tokens - 1).to(self._first.device)
+        kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        keep = _keeping(kept)
+
+        def prepend(n_variants: int):
+            rows = index.repeat(n_variants, 1)
+
+            def joined(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+                where = rows[:, None, :, None].expand(-1, mine.shape[1], -1, mine.shape[-1])
+                return torch.cat([mine.gather(2, where), theirs], 2)
+
+            def wrapper(base, module, query, key, value, *args, **kwargs):
+                key_a, value_a = kept["kv"]
+                return base(module, query, joined(key_a, key), joined(value_a, value), *args, **kwargs)
+
+            return wrapper
+
+        stop = max(by_layer, default=-1) + 1
+        for (layer, hidden), (_, hidden_other) in zip(self.states(stop), other.states(stop)):
+            group = by_layer.get(layer, [])
+            for first in range(0, len(group), per_pass):
+                chunk = group[first : first + per_pass]
+                n_var, memo, memo_other = len(chunk), {}, {}
+                h = _tile(hidden, n_rows, n_var, memo)
+                g = _tile(hidden_other[:, start:], n_rows, n_var, memo_other)
+                for i in range(layer, self.n_layers):
+                    with intervene(chunk), wrap_text_attention(self.model, keep, "a paired sweep"):
+                        h = self._layer(i, h, _tile(self._calls[i], n_rows, n_var, memo), n_var)
+                    with intervene_other(chunk), wrap_text_attention(self.model, prepend(n_var), "a paired sweep"):
+                        g = other._layer(i, g, _tile(calls[i], n_rows, n_var, memo_other), n_var, start)
+                    kept.clear()
+                logits, logits_other = self._logits(h, n_var), other._logits(g, n_var, start)
+                for v, j in enumerate(chunk):
+                    out_a[j] = logits[v * n_rows : (v + 1) * n_rows]
+                    out_b[j] = logits_other[v * n_rows : (v + 1) * n_rows]
+                if on_done:
+                    on_done(n_var)
+        return self._stacked(out_a), other._stacked(out_b)
 
     def _stacked(self, out: list[torch.Tensor]) -> torch.Tensor:
         """`[n, B, vocab]` from n `[B, vocab]` logits (planning: zeros that take one float)."""

@@ -152,6 +152,7 @@ class SweepSchema:
     positions: str = key(choices=("all", "last", "instruction"))
     alphas: list[float] = key(nonempty=True, above=0)
     interactions: int = key(min=0)
+    share_prefix: bool = key()
     heads_file: Optional[str] = key()
     allow_other_model: bool = key()
 

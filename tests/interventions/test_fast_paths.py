@@ -18,6 +18,8 @@ from mllm_arb.pipeline.heads.methods import (
     hybrid_scores,
     method_scores,
     n_verified,
+    PairedBatches,
+    paired_log_odds,
     passes_per_sample,
     prepare,
     verification_candidates,
@@ -379,6 +381,81 @@ def test_blocking_and_amplification_arms_equal_one_forward_per_arm(tiny, family)
         for a, b in zip(rows[True], rows[False]):
             assert a["log_odds_after"] == pytest.approx(b["log_odds_after"], abs=1e-5)
             assert a["follows_after"] == b["follows_after"]
+
+
+# ------------------------------------------------------------------------------------ paired batches
+def _settings_pair(preps):
+    chosen = [p for p in preps if p.samples[0].condition in (Condition.TEXT_FOLLOWING, Condition.VISION_FOLLOWING)]
+    assert [p.samples[0].condition for p in chosen] == [Condition.TEXT_FOLLOWING, Condition.VISION_FOLLOWING]
+    return chosen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_paired_batches_of_the_same_items_equal_each_batch_alone_and_one_forward_per_edit(tiny, family):
+    """Text and vision following of the same items share the image and the context: run together, the
+    second batch recomputing only what follows the shared prefix with the first's keys and values under the
+    same edit, each batch gets its own numbers: those of `edited_log_odds` alone, and of one full forward
+    pass per edit (zero and mean ablation, amplification, head sets spanning layers, a repeated edit)."""
+    adapter, preps = tiny(family)
+    tf, vf = _settings_pair(preps)
+    run, run_other = PrefixRun(adapter, tf.batch), PrefixRun(adapter, vf.batch)
+    start, offsets = run.shared_prefix(run_other)
+    pads = vf.batch.inputs["input_ids"].shape[1] - vf.batch.inputs["attention_mask"].sum(1)
+    assert int(pads.max()) < start < run_other.n_tokens and offsets.shape == (len(vf.batch),)
+    last = adapter.parts.n_layers - 1
+    edits = [(((0, 0),), 0.0), (((last, 1),), 0.0), (((0, 1), (last, 0)), 2.5), (((1, 1), (0, 0)), 0.0), (((0, 0),), 0.0)]
+    hooks = n_hooks(adapter.model)
+    for removal in (Removal("zero", "all"), Removal("mean", "all", head_means(adapter, preps, "all"))):
+        paired = paired_log_odds(adapter, tf, vf, edits, removal)
+        assert n_hooks(adapter.model) == hooks
+        for prep, (base, after) in zip((tf, vf), paired):
+            alone_base, alone = edited_log_odds(adapter, prep, edits, removal)
+            torch.testing.assert_close(base, alone_base, **TOL)
+            torch.testing.assert_close(after, alone, **TOL)
+            for j, (heads, scale) in enumerate(edits):
+                torch.testing.assert_close(after[j], log_odds_under(adapter, prep, removal.edits(heads, prep.batch, scale)), **TOL)
+            assert not torch.allclose(after[0], base) and torch.equal(after[4], after[0])
+
+
+def test_batches_that_do_not_share_a_prefix_are_not_paired(tiny):
+    """Other items, another image, or a control without the conflict's context: no pairing, and
+    `paired_log_odds` then runs each batch alone."""
+    adapter, preps = tiny("llava")
+    tf, vf = _settings_pair(preps)
+    runs = {id(p): PrefixRun(adapter, p.batch) for p in (tf, vf)}
+    text_only = prepare(adapter, render_all(conflict_items(3), [Condition.TEXT_ONLY]), 3)[0]
+    assert runs[id(tf)].shared_prefix(PrefixRun(adapter, text_only.batch)) is None  # no image
+    assert runs[id(tf)].shared_prefix(runs[id(vf)]) is not None
+    other_items = prepare(adapter, [s for s in render_all(conflict_items(4)[1:], [Condition.VISION_FOLLOWING])], 3)[0]
+    assert runs[id(tf)].shared_prefix(PrefixRun(adapter, other_items.batch)) is None
+    recoloured = prepare(adapter, vf.samples, 3)[0]
+    recoloured.batch.inputs["pixel_values"] = recoloured.batch.inputs["pixel_values"] + 0.5
+    assert runs[id(tf)].shared_prefix(PrefixRun(adapter, recoloured.batch)) is None
+    edits = [(((0, 0),), 0.0)]
+    (_, a), (_, b) = paired_log_odds(adapter, tf, text_only, edits, Removal("zero", "all"))
+    torch.testing.assert_close(b, edited_log_odds(adapter, text_only, edits, Removal("zero", "all"))[1], rtol=0, atol=0)
+
+
+def test_paired_batches_hand_out_the_partners_result_once_with_its_progress(tiny, monkeypatch):
+    """`PairedBatches`: the first batch of a pair runs both (one paired sweep), the second gets its result
+    without a pass and reports its own progress then; asked for other edits, a batch runs alone."""
+    adapter, preps = tiny("llava")
+    tf, vf = _settings_pair(preps)
+    sweeps = []
+    original = PrefixRun.paired_sweep
+    monkeypatch.setattr(PrefixRun, "paired_sweep", lambda self, *a, **k: sweeps.append(1) or original(self, *a, **k))
+    edits = [(((0, 0),), 0.0), (((1, 1),), 0.0)]
+    removal = Removal("zero", "all")
+    pairs = PairedBatches(preps)
+    steps = {"tf": [], "vf": []}
+    first = pairs.edited(adapter, tf, edits, removal, steps["tf"].append)
+    second = pairs.edited(adapter, vf, edits, removal, steps["vf"].append)
+    assert len(sweeps) == 1 and sum(steps["tf"]) == sum(steps["vf"]) == len(edits) * len(tf.batch)
+    torch.testing.assert_close(second[1], edited_log_odds(adapter, vf, edits, removal)[1], **TOL)
+    torch.testing.assert_close(first[1], edited_log_odds(adapter, tf, edits, removal)[1], **TOL)
+    again = pairs.edited(adapter, vf, edits[:1], removal)  # nothing held for it any more: alone
+    assert len(sweeps) == 1 and again[1].shape == (1, len(vf.batch))
+    assert PairedBatches(preps, enabled=False).partner == {}
 
 
 def test_a_repeated_arm_costs_no_pass(tiny):

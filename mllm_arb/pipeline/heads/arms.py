@@ -24,7 +24,7 @@ from ...core.heads_file import HeadSet, n_selected
 from ...core.records import Condition, ConflictItem
 from ...models.adapter import ModelAdapter
 from .config import SweepConfig
-from .methods import Head, Prepared, Removal, edited_log_odds, log_odds_under
+from .methods import Head, PairedBatches, Prepared, Removal, edited_log_odds, log_odds_under
 
 
 # ------------------------------------------------------------------------------------ splits and sets
@@ -110,15 +110,17 @@ def arm_cost(arm: Arm, settings: Sequence[Prepared], controls: Sequence[Prepared
 
 def arm_log_odds(adapter: ModelAdapter, prep: Prepared, arms: Sequence[Arm], removal: Removal,
                  on_step: Callable[[int], None] | None = None, fast: bool = True,
-                 plain: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+                 plain: bool = True, pairs: PairedBatches | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """(`[B]` plain, per arm `[B]`) following log-odds of one batch under each arm's edit. `fast` runs
     them from one recorded pass (`edited_log_odds`: prefix reuse, suffix sweeps, stacking; that pass is
     the plain log-odds); `fast=False` runs one full forward pass per arm, and one for the plain model
-    unless `plain` is False (then None). No arms and no `plain`: no pass at all."""
+    unless `plain` is False (then None). No arms and no `plain`: no pass at all. `pairs`: batches of the
+    same items whose fast passes run together (`PairedBatches`)."""
     if not arms and not plain:
         return None, []
     if fast:
-        base, after = edited_log_odds(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
+        edited = pairs.edited if pairs is not None else edited_log_odds
+        base, after = edited(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
         return base, list(after)
     base = log_odds_under(adapter, prep) if plain else None
     after = []

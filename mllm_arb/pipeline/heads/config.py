@@ -36,6 +36,7 @@ class SweepConfig:
     heads_file: str | None
     allow_other_model: bool
     interactions: int = 16
+    share_prefix: bool = True
 
     @classmethod
     def from_cfg(cls, sweep: DictConfig) -> SweepConfig:
@@ -59,6 +60,7 @@ class SweepConfig:
             n_random_dose=int(s["n_random_dose"]), ablation=s["ablation"], positions=s["positions"],
             alphas=tuple(float(a) for a in s["alphas"]), heads_file=s.get("heads_file") or None,
             allow_other_model=bool(s["allow_other_model"]), interactions=int(s.get("interactions", 16)),
+            share_prefix=bool(s.get("share_prefix", True)),
         )
 
     def n_selected(self, total: int) -> int:

@@ -148,20 +148,20 @@ def log_odds_under(adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadEd
 @torch.no_grad()
 def ablation_scores(
     adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None,
-    fast: bool = True, variants: int | None = None,
+    fast: bool = True, variants: int | None = None, pairs: PairedBatches | None = None,
 ) -> torch.Tensor:
     """`[N, L, H]` drop in following log-odds when each head alone is removed.
 
     `fast` resumes one recorded pass per batch at each head's layer, `variants` heads stacked per pass
     (default: as many as keep memory about a plain pass's, `max_variants`); `fast=False` runs one full
-    forward pass per head and batch.
+    forward pass per head and batch. `pairs`: batches of the same items that run together (`PairedBatches`).
     """
     parts = adapter.parts
     heads = all_heads(parts.n_layers, parts.n_heads)
     out = []
     for p in preps:
         if fast:
-            drops = exact_drops(adapter, p, removal, heads, on_step, variants)
+            drops = exact_drops(adapter, p, removal, heads, on_step, variants, pairs)
         else:
             drops = naive_drops(adapter, p, removal, heads, on_step)
         out.append(drops.view(len(p.batch), parts.n_layers, parts.n_heads))
@@ -181,10 +181,12 @@ def naive_drops(adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: 
 
 @torch.no_grad()
 def exact_drops(
-    adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: Sequence[Head], on_step: OnStep = None, variants: int | None = None
+    adapter: ModelAdapter, prep: Prepared, removal: Removal, heads: Sequence[Head], on_step: OnStep = None, variants: int | None = None,
+    pairs: PairedBatches | None = None,
 ) -> torch.Tensor:
-    """`naive_drops` with prefix reuse (`edited_log_odds`, one head per edit)."""
-    base, after = edited_log_odds(adapter, prep, [((head,), 0.0) for head in heads], removal, on_step, variants)
+    """`naive_drops` with prefix reuse (`edited_log_odds`, one head per edit; `pairs.edited` with `pairs`)."""
+    edited = pairs.edited if pairs is not None else edited_log_odds
+    base, after = edited(adapter, prep, [((head,), 0.0) for head in heads], removal, on_step, variants)
     return (base[None] - after).T
 
 
@@ -211,18 +213,7 @@ def edited_log_odds(
     run = run or PrefixRun(adapter, batch)
     base = binary_scores(run.logits, prep.ids)[0].cpu()
     after = base.repeat(len(edits), 1)
-    # an edit that repeats an earlier one (the same heads at the same scale: the dose-response's 5% arms
-    # are the headline's) is computed once and copied
-    first: dict[tuple, int] = {}
-    todo, copies = [], []
-    for j, (heads, scale) in enumerate(edits):
-        if heads:
-            key = (tuple(sorted(heads)), float(scale))
-            if key in first:
-                copies.append((j, first[key]))
-            else:
-                first[key] = j
-                todo.append(j)
+    todo, copies = _distinct(edits)
     where = position_mask(batch, removal.positions)
     position = run.start_for(where)
     where = where[:, position:]
@@ -247,12 +238,129 @@ def edited_log_odds(
         logits = run.last_sweep(first_layers, intervene, variants, done)
     else:
         logits = run.sweep(first_layers, [position] * len(todo), intervene, variants, done)
-    log_odds = binary_scores(logits.flatten(0, 1), list(prep.ids) * len(todo))[0].cpu().view(len(todo), n_rows)
+    _fill(after, logits, prep, todo, copies)
+    return base, after
+
+
+def _distinct(edits: Sequence[HeadSetEdit]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(the edits to compute, (j, source) pairs of edits to copy): an edit that repeats an earlier one (the
+    same heads at the same scale: the dose-response's 5% arms are the headline's) is computed once.
+    Empty head sets are the plain pass, neither."""
+    first: dict[tuple, int] = {}
+    todo, copies = [], []
+    for j, (heads, scale) in enumerate(edits):
+        if heads:
+            key = (tuple(sorted(heads)), float(scale))
+            if key in first:
+                copies.append((j, first[key]))
+            else:
+                first[key] = j
+                todo.append(j)
+    return todo, copies
+
+
+def _fill(after: torch.Tensor, logits: torch.Tensor, prep: Prepared, todo: Sequence[int], copies) -> None:
+    """Write the `[len(todo), B, vocab]` logits' log-odds into `after` (`[len(edits), B]`), and the copies."""
+    log_odds = binary_scores(logits.flatten(0, 1), list(prep.ids) * len(todo))[0].cpu().view(len(todo), len(prep.batch))
     for v, j in enumerate(todo):
         after[j] = log_odds[v]
     for j, source in copies:
         after[j] = after[source]
-    return base, after
+
+
+def _edits_key(edits: Sequence[HeadSetEdit]) -> tuple:
+    return tuple((tuple(sorted(heads)), float(scale)) for heads, scale in edits)
+
+
+@torch.no_grad()
+def paired_log_odds(
+    adapter: ModelAdapter, prep: Prepared, other: Prepared, edits: Sequence[HeadSetEdit], removal: Removal,
+    on_step: OnStep = None, on_step_other: OnStep = None, variants: int | None = None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`edited_log_odds` of the same edits on two batches of the same items, `(plain, edited)` of each.
+
+    Where `other` repeats `prep`'s rows up to a point (the same items under the other instruction: text
+    and vision following share the image and the context) and the edits act at every position, both
+    run in one `PrefixRun.paired_sweep`: `other` recomputes only its positions after the shared prefix,
+    with the keys and values of `prep`'s rows under the same edit. Otherwise one after the other."""
+    run, run_other = PrefixRun(adapter, prep.batch), PrefixRun(adapter, other.batch)
+    shared = run.shared_prefix(run_other) if removal.positions == "all" else None
+    if shared is None:
+        return (edited_log_odds(adapter, prep, edits, removal, on_step, variants, run),
+                edited_log_odds(adapter, other, edits, removal, on_step_other, variants, run_other))
+    start, offsets = shared
+    n_rows = len(prep.batch)
+    results = []
+    for p, r in ((prep, run), (other, run_other)):
+        base = binary_scores(r.logits, p.ids)[0].cpu()
+        results.append((base, base.repeat(len(edits), 1)))
+    todo, copies = _distinct(edits)
+    for step in (on_step, on_step_other):
+        if step and len(todo) < len(edits):
+            step(n_rows * (len(edits) - len(todo)))
+    if not todo:
+        return results[0], results[1]
+    where = position_mask(prep.batch, "all")
+    where_other = position_mask(other.batch, "all")[:, start:]
+
+    def editing(mask: torch.Tensor):
+        def intervene(js: Sequence[int]):
+            chosen = [edits[todo[j]] for j in js]
+            return edit_heads(adapter, [removal.edit(h, variant_rows(n_rows, len(js), v, mask), scale)
+                                        for v, (heads, scale) in enumerate(chosen) for h in heads])
+        return intervene
+
+    def done(k: int) -> None:
+        for step in (on_step, on_step_other):
+            if step:
+                step(n_rows * k)
+
+    logits, logits_other = run.paired_sweep(run_other, start, offsets, [min(l for l, _ in edits[j][0]) for j in todo],
+                                            editing(where), editing(where_other), variants, done)
+    _fill(results[0][1], logits, prep, todo, copies)
+    _fill(results[1][1], logits_other, other, todo, copies)
+    return results[0], results[1]
+
+
+class PairedBatches:
+    """Batches of the same items under two settings, whose edited passes run together
+    (`paired_log_odds`) when the first of the two comes up; the second's result waits for its turn, and
+    its progress steps with it. A batch without a partner, or asked for other edits than its partner
+    computed, runs alone (`edited_log_odds`)."""
+
+    def __init__(self, preps: Sequence[Prepared], enabled: bool = True) -> None:
+        self.partner: dict[int, Prepared] = {}
+        self.waiting: dict[int, tuple[tuple, tuple[torch.Tensor, torch.Tensor], int]] = {}
+        if not enabled:
+            return
+        seen: dict[tuple, Prepared] = {}
+        for p in preps:
+            key = tuple(s.item_id for s in p.samples)
+            if key in seen:
+                self.partner[id(seen.pop(key))] = p
+            else:
+                seen[key] = p
+
+    def edited(self, adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadSetEdit], removal: Removal,
+               on_step: OnStep = None, variants: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`edited_log_odds(adapter, prep, edits, removal, on_step, variants)`."""
+        key = _edits_key(edits)
+        held = self.waiting.pop(id(prep), None)
+        if held is not None and held[0] == key:
+            if on_step and held[2]:
+                on_step(held[2])
+            return held[1]
+        other = self.partner.pop(id(prep), None)
+        if other is None:
+            return edited_log_odds(adapter, prep, edits, removal, on_step, variants)
+        steps = [0]
+
+        def count(k: int) -> None:
+            steps[0] += k
+
+        mine, theirs = paired_log_odds(adapter, prep, other, edits, removal, on_step, count, variants)
+        self.waiting[id(other)] = (key, theirs, steps[0])
+        return mine
 
 
 def first_order_drops(
@@ -432,9 +540,11 @@ def verified_scores(
     return scores
 
 
-def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str, removal: Removal, on_step: OnStep = None) -> torch.Tensor:
+def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str, removal: Removal, on_step: OnStep = None,
+                  pairs: PairedBatches | None = None) -> torch.Tensor:
+    """`[N, L, H]` scores of `method` (`pairs`: batches of the same items run together, for `ablation`)."""
     if method == "ablation":
-        return ablation_scores(adapter, preps, removal, on_step)
+        return ablation_scores(adapter, preps, removal, on_step, pairs=pairs)
     if method == "attribution":
         return attribution_scores(adapter, preps, removal, on_step)
     if method == "hybrid":

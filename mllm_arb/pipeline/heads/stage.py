@@ -23,7 +23,7 @@ from ...runtime.ranks import Ranks
 from ...runtime.stage import Stage
 from .arms import Arm, applicable_arms, arm_log_odds, arm_rows, check_split_sizes, split_items
 from .config import SweepConfig
-from .methods import Prepared, Removal, head_means, method_agreement, method_scores, passes_per_sample, prepare, rank, score_matrices, score_rows
+from .methods import PairedBatches, Prepared, Removal, head_means, method_agreement, method_scores, passes_per_sample, prepare, rank, score_matrices, score_rows
 
 
 @dataclass
@@ -186,8 +186,9 @@ def rank_units(stage: Stage, study: HeadStudy, methods, rank_preps: list[Prepare
     out = {}
     for method in methods:
         cost = passes_per_sample(method, study.n_layers, study.n_heads)
+        pairs = PairedBatches(rank_preps, study.sweep.share_prefix)
         saved = stage.map_units(f"rank-{method}", rank_preps,
-                            lambda p, step, m=method: encode(method_scores(study.adapter, [p], m, removal, on_step=step)),
+                            lambda p, step, m=method, pairs=pairs: encode(method_scores(study.adapter, [p], m, removal, on_step=step, pairs=pairs)),
                             f"ranking heads: {method}", cost=lambda i, p, c=cost: c * len(p.batch),
                             samples_of=_batch_samples, merged=False)
         if saved is not None:
@@ -233,6 +234,7 @@ def arm_units(stage: Stage, study: HeadStudy, name: str, units: list[Prepared], 
     keep = set(study.sweep.settings)
     is_setting = [p.samples[0].condition in keep for p in units]
     index = {id(p): i for i, p in enumerate(units)}
+    pairs = PairedBatches(units, study.sweep.share_prefix)
 
     def cost(i: int, p: Prepared) -> int:
         n = len(p.batch)
@@ -241,7 +243,7 @@ def arm_units(stage: Stage, study: HeadStudy, name: str, units: list[Prepared], 
     def compute(p: Prepared, step) -> dict:
         i = index[id(p)]
         applicable = applicable_arms(arms, is_setting[i])
-        plain, after = arm_log_odds(study.adapter, p, [arms[a] for a in applicable], removal, step, plain=base_of is None)
+        plain, after = arm_log_odds(study.adapter, p, [arms[a] for a in applicable], removal, step, plain=base_of is None, pairs=pairs)
         if base_of is None:
             step(len(p.batch))  # the baseline: the recorded pass the arms resume from
         before = plain if base_of is None else base_of(i)

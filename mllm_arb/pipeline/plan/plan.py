@@ -34,7 +34,7 @@ from ...models.scoring import score_samples
 from ..analyze.flow import knockout_rows, lens_rows
 from ..analyze.stage import analysis_edges, analysis_samples, knockout_plan
 from ..heads.arms import ablate_arms, amplify_arms, applicable_arms, arm_log_odds, random_amplification_arms, split_preps
-from ..heads.methods import Removal, ablation_scores, method_scores, prepare
+from ..heads.methods import PairedBatches, Removal, ablation_scores, method_scores, prepare
 from ..heads.stage import ranking_from, setup
 
 #: what `plan` covers, and the stages each command runs
@@ -114,8 +114,13 @@ def plan_analyze(cfg: DictConfig, adapter: ModelAdapter) -> dict:
     return {"samples": len(samples), "tokens": _tokens(adapter, samples, cfg.batch_size), **_both(adapter, work)}
 
 
-def _scores(adapter: ModelAdapter, prep, method: str, removal: Removal, fast: bool):
-    return method_scores(adapter, [prep], method, removal) if fast else ablation_scores(adapter, [prep], removal, fast=False)
+def _scores(adapter: ModelAdapter, prep, method: str, removal: Removal, fast: bool, pairs: PairedBatches | None = None):
+    return method_scores(adapter, [prep], method, removal, pairs=pairs) if fast else ablation_scores(adapter, [prep], removal, fast=False)
+
+
+def _pairs(preps, sweep, fast: bool) -> PairedBatches | None:
+    """The stage's pairing of batches of the same items (`sweep.share_prefix`), a fast path."""
+    return PairedBatches(preps, sweep.share_prefix) if fast else None
 
 
 def _head_set(cfg: DictConfig, adapter: ModelAdapter, study, removal: Removal, fast: bool, count: bool):
@@ -126,7 +131,8 @@ def _head_set(cfg: DictConfig, adapter: ModelAdapter, study, removal: Removal, f
     method = study.sweep.rank_method
     preps = prepare(adapter, study.rank_samples(), cfg.batch_size)
     if count:
-        scores = torch.cat([_scores(adapter, p, method, removal, fast) for p in preps])
+        pairs = _pairs(preps, study.sweep, fast)
+        scores = torch.cat([_scores(adapter, p, method, removal, fast, pairs) for p in preps])
     else:
         scores = torch.zeros(sum(len(p.batch) for p in preps), study.n_layers, study.n_heads)
     return ranking_from(study, preps, removal, {method: scores}).head_set
@@ -143,8 +149,9 @@ def plan_heads(cfg: DictConfig, adapter: ModelAdapter, stage: str, ranked: bool 
         if stage == "rank-heads":
             preps = prepare(adapter, study.rank_samples(), cfg.batch_size)
             for method in sweep.methods:
+                pairs = _pairs(preps, sweep, fast)
                 for p in preps:
-                    _scores(adapter, p, method, removal, fast)
+                    _scores(adapter, p, method, removal, fast, pairs)
             return
         head_set = _head_set(cfg, adapter, study, removal, fast, count=not ranked)
         n = study.n_used(head_set)
@@ -156,9 +163,10 @@ def plan_heads(cfg: DictConfig, adapter: ModelAdapter, stage: str, ranked: bool 
             sweeps = [(eval_preps, amplify_arms(head_set, n, sweep), True),
                       (settings, random_amplification_arms(head_set, n, max(sweep.alphas), sweep.n_random, cfg.seed), False)]
         for units, unit_arms, plain in sweeps:
+            pairs = _pairs(units, sweep, fast)
             for p in units:
                 applicable = applicable_arms(unit_arms, any(p is q for q in settings))
-                arm_log_odds(adapter, p, [unit_arms[a] for a in applicable], removal, fast=fast, plain=plain)
+                arm_log_odds(adapter, p, [unit_arms[a] for a in applicable], removal, fast=fast, plain=plain, pairs=pairs)
 
     counts = _both(adapter, work)
     samples = study.rank_samples() if stage == "rank-heads" else study.eval_samples()
