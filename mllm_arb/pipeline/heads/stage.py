@@ -172,6 +172,11 @@ def ranking_from(study: HeadStudy, rank_preps: list[Prepared], removal: Removal,
     return Ranking(head_set, scores, rows, agreement)
 
 
+def _pairs(stage: Stage, study: HeadStudy, units: list[Prepared]) -> PairedBatches:
+    """Batches of the same items that run together (`sweep.share_prefix`), among those this rank computes."""
+    return PairedBatches([u for i, u in enumerate(units) if stage.ranks.owns(i)], study.sweep.share_prefix)
+
+
 def _batch_samples(prep: Prepared):
     return prep.samples
 
@@ -186,7 +191,7 @@ def rank_units(stage: Stage, study: HeadStudy, methods, rank_preps: list[Prepare
     out = {}
     for method in methods:
         cost = passes_per_sample(method, study.n_layers, study.n_heads)
-        pairs = PairedBatches(rank_preps, study.sweep.share_prefix)
+        pairs = _pairs(stage, study, rank_preps)
         saved = stage.map_units(f"rank-{method}", rank_preps,
                             lambda p, step, m=method, pairs=pairs: encode(method_scores(study.adapter, [p], m, removal, on_step=step, pairs=pairs)),
                             f"ranking heads: {method}", cost=lambda i, p, c=cost: c * len(p.batch),
@@ -234,7 +239,7 @@ def arm_units(stage: Stage, study: HeadStudy, name: str, units: list[Prepared], 
     keep = set(study.sweep.settings)
     is_setting = [p.samples[0].condition in keep for p in units]
     index = {id(p): i for i, p in enumerate(units)}
-    pairs = PairedBatches(units, study.sweep.share_prefix)
+    pairs = _pairs(stage, study, units)
 
     def cost(i: int, p: Prepared) -> int:
         n = len(p.batch)
