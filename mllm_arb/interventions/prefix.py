@@ -142,6 +142,18 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
+def _mlp_at_final(module, args, kwargs):
+    """A forward pre-hook on the last decoder layer's MLP when only the final position of that layer's
+    output is read (the logits): the MLP runs on that position alone, and the layer's residual sum
+    broadcasts its `[N, 1, d]` output over the sequence. The final position gets the same numbers (bit
+    for bit on the organism's batches, measured; a product of a handful of rows may take another kernel
+    and round differently); the others, which nothing reads after the last layer, get meaningless ones.
+    It saves the MLP of T - 1 positions per pass."""
+    if args:
+        return (args[0][:, -1:], *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": kwargs["hidden_states"][:, -1:]}
+
+
 class PrefixRun:
     """One plain forward pass over `batch`, recorded so that later passes can start at any layer.
 
@@ -172,6 +184,7 @@ class PrefixRun:
         #: planning (`adapter.ledger`): layer calls are counted, not run, on hidden states of width 0
         self.ledger = adapter.ledger
         self._batch = batch
+        self._final_ok: bool | None = None
         if self.ledger is not None:
             self._plan(batch, keep_final)
             return
@@ -285,15 +298,28 @@ class PrefixRun:
         return start
 
     # ------------------------------------------------------------------ running layers
-    def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict, n_variants: int = 1, start: int = 0) -> torch.Tensor:
+    def _layer(self, index: int, hidden: torch.Tensor, kwargs: dict, n_variants: int = 1, start: int = 0,
+               read_last: bool = False) -> torch.Tensor:
         """Decoder layer `index` on `hidden` (positions `start..` of `n_variants` stacked copies of the batch),
-        followed by what the model writes after that layer besides it (DeepStack, `self.gaps`)."""
+        followed by what the model writes after that layer besides it (DeepStack, `self.gaps`).
+
+        `read_last`: only the final position of the output is read, if this is the last layer (`_mlp_at_final`)."""
         if self.ledger is not None:
             self.ledger.layer(index, hidden.shape[0], hidden.shape[1])
             return hidden
-        out = self.parts.layers[index](hidden, **kwargs)
+        with ExitStack() as stack:
+            if read_last and index == self.n_layers - 1 and self._final_is_last:
+                stack.callback(self.parts.mlp(index).register_forward_pre_hook(_mlp_at_final, with_kwargs=True).remove)
+            out = self.parts.layers[index](hidden, **kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
         return self.gaps.apply(index, out, n_variants, start)
+
+    @property
+    def _final_is_last(self) -> bool:
+        """Every row's last position is the final one and no between-layer writer follows the last layer."""
+        if self._final_ok is None:
+            self._final_ok = self.last_is_final and (self.n_layers - 1) not in self.gaps.writes
+        return self._final_ok
 
     def _logits(self, hidden: torch.Tensor, n_variants: int, start: int = 0) -> torch.Tensor:
         if self.ledger is not None:
@@ -320,7 +346,7 @@ class PrefixRun:
         memo: dict = {}
         h = _tile(hidden, self.n_rows, n_variants, memo)
         for index in range(layer, self.n_layers):
-            h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo), n_variants)
+            h = self._layer(index, h, _tile(self._calls[index], self.n_rows, n_variants, memo), n_variants, read_last=True)
         return self._logits(h, n_variants)
 
     @torch.no_grad()
@@ -441,7 +467,8 @@ class PrefixRun:
                     h = torch.cat([suffix[j] for j in chunk])
                     memo: dict = {}
                     with intervene(chunk), wrap_text_attention(self.model, prepend(len(chunk), start), "a suffix sweep"):
-                        h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo), len(chunk), start)
+                        h = self._layer(index, h, _tile(calls[start][index], self.n_rows, len(chunk), memo), len(chunk), start,
+                                        read_last=True)
                     for v, j in enumerate(chunk):
                         suffix[j] = h[v * self.n_rows : (v + 1) * self.n_rows]
             kept.clear()
@@ -563,9 +590,9 @@ class PrefixRun:
                 g = _tile(hidden_other[:, start:], n_rows, n_var, memo_other)
                 for i in range(layer, self.n_layers):
                     with intervene(chunk), wrap_text_attention(self.model, keep, "a paired sweep"):
-                        h = self._layer(i, h, _tile(self._calls[i], n_rows, n_var, memo), n_var)
+                        h = self._layer(i, h, _tile(self._calls[i], n_rows, n_var, memo), n_var, read_last=True)
                     with intervene_other(chunk), wrap_text_attention(self.model, prepend(n_var), "a paired sweep"):
-                        g = other._layer(i, g, _tile(calls[i], n_rows, n_var, memo_other), n_var, start)
+                        g = other._layer(i, g, _tile(calls[i], n_rows, n_var, memo_other), n_var, start, read_last=True)
                     kept.clear()
                 logits, logits_other = self._logits(h, n_var), other._logits(g, n_var, start)
                 for v, j in enumerate(chunk):

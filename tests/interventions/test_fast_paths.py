@@ -76,6 +76,34 @@ def test_resuming_at_every_layer_gives_the_plain_forward_logits_stacked_or_not(t
     assert seen == list(range(adapter.parts.n_layers))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_last_layers_mlp_at_the_final_position_alone_gives_the_same_bits(tiny, family):
+    """Resumed passes read only the final position after the last layer, so its MLP runs there alone
+    (`_mlp_at_final`): the logits are those of the MLP over every position (within float rounding: a
+    product of a few rows may take another kernel), and the hook is gone after."""
+    adapter, preps = tiny(family)
+    batch = preps[0].batch
+    run = PrefixRun(adapter, batch)
+    assert run.last_is_final  # left padding
+    mlp = adapter.parts.mlp(adapter.parts.n_layers - 1)
+    widths = []
+    handle = mlp.register_forward_hook(lambda m, args, out: widths.append((out[0] if isinstance(out, tuple) else out).shape[1]))
+    try:
+        hidden = dict(run.states())[1]
+        widths.clear()
+        fast = run.resume(1, hidden, 2)
+        run._final_ok = False
+        slow = run.resume(1, hidden, 2)
+    finally:
+        handle.remove()
+    # the tiny Qwen3-VL's DeepStack writes after its last layer too: there the MLP keeps every position
+    assert widths == [1 if (run.n_layers - 1) not in run.gaps.writes else run.n_tokens, run.n_tokens]
+    assert widths[0] == 1 or family.startswith("qwen3_vl")
+    torch.testing.assert_close(fast, slow, **TOL)
+    torch.testing.assert_close(fast[: len(batch)], run.logits, **TOL)
+    assert not mlp._forward_pre_hooks
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
 def test_a_head_edit_in_one_row_block_of_a_stack_equals_that_edit_in_a_full_forward(tiny, family):
     """Stacked variants are independent: block v's edit changes block v exactly as a full pass would."""
