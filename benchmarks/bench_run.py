@@ -5,10 +5,11 @@ target: now at least 1.5x faster, every number within 1e-6 (relative to its size
 paired batches round differently in float32's last digits, and amplification's log-odds changes run to
 tens); the largest absolute difference is printed too.
 
-    python -m benchmarks.bench_run [overrides]     # about 10 minutes on 2 cores with the default config
+    python -m benchmarks.bench_run [--before REV] [overrides]   # about 10 minutes on 2 cores, default config
 
-"Before" is today's code with the speed work switched off: the system allocator
-(`MLLM_ARB_ALLOCATOR=system`, runtime/allocator.py) and no shared-prefix pairs (`sweep.share_prefix=false`).
+"Before" is this checkout with the switchable speed work off: the system allocator
+(`MLLM_ARB_ALLOCATOR=system`, runtime/allocator.py) and no paired batches (`sweep.share_prefix=false`).
+With `--before REV` it is the code of git revision REV instead, run from a temporary worktree.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,12 +34,16 @@ ARMS = {
 }
 
 
-def run_once(env: dict, overrides: list[str], out: Path) -> tuple[float, int, Path]:
-    """(wall seconds, minor page faults, the run directory) of one `mllm-arb run` in a fresh process."""
+def run_once(env: dict, overrides: list[str], out: Path, code: Path | None = None) -> tuple[float, int, Path]:
+    """(wall seconds, minor page faults, the run directory) of one `mllm-arb run` in a fresh process (of
+    the package in folder `code`, when given)."""
     faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     start = time.perf_counter()
+    if code is not None:
+        env = {**env, "PYTHONPATH": str(code)}
     proc = subprocess.run([sys.executable, "-m", "mllm_arb.cli", "run", f"output_dir={out}", *overrides],
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True,
+                          cwd=code)
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"mllm-arb run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -95,13 +101,29 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
+    before = None
+    if overrides[:1] == ["--before"]:
+        before, overrides = overrides[1], overrides[2:]
+    arms = dict(ARMS)
     measured = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (env, extra) in ARMS.items():
-            print(f"{name}: mllm-arb run {' '.join([*extra, *overrides])}", flush=True)
-            seconds, faults, run_dir = run_once(env, [*extra, *overrides], Path(tmp) / name)
-            measured[name] = (seconds, faults, stage_seconds(run_dir), stage_results(run_dir))
-            print(f"  {seconds:.0f} s, {faults:,} minor page faults", flush=True)
+        code = None
+        if before is not None:
+            code = Path(tmp) / "before-code"
+            root = Path(__file__).resolve().parents[1]
+            subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(code), before], check=True, capture_output=True)
+            arms["before"] = ({}, [])
+        try:
+            for name, (env, extra) in arms.items():
+                print(f"{name}{f' ({before})' if name == 'before' and before else ''}: mllm-arb run {' '.join([*extra, *overrides])}", flush=True)
+                seconds, faults, run_dir = run_once(env, [*extra, *overrides], Path(tmp) / name, code if name == "before" else None)
+                measured[name] = (seconds, faults, stage_seconds(run_dir), stage_results(run_dir))
+                sha = json.loads((run_dir / "manifest.json").read_text()).get("git_sha")
+                print(f"  {seconds:.0f} s, {faults:,} minor page faults, code at {sha}", flush=True)
+        finally:
+            if code is not None:
+                subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "worktree", "remove", "--force", str(code)], capture_output=True)
+                shutil.rmtree(code, ignore_errors=True)
     (t0, f0, s0, r0), (t1, f1, s1, r1) = measured["before"], measured["now"]
     print(f"\n{'stage':12s} {'before s':>9s} {'now s':>7s} {'ratio':>6s}")
     for stage in s0:
