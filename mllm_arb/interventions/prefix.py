@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from functools import cached_property
 
 import torch
 
@@ -184,7 +185,6 @@ class PrefixRun:
         #: planning (`adapter.ledger`): layer calls are counted, not run, on hidden states of width 0
         self.ledger = adapter.ledger
         self._batch = batch
-        self._final_ok: bool | None = None
         if self.ledger is not None:
             self._plan(batch, keep_final)
             return
@@ -314,12 +314,10 @@ class PrefixRun:
         out = out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)
         return self.gaps.apply(index, out, n_variants, start)
 
-    @property
+    @cached_property
     def _final_is_last(self) -> bool:
         """Every row's last position is the final one and no between-layer writer follows the last layer."""
-        if self._final_ok is None:
-            self._final_ok = self.last_is_final and (self.n_layers - 1) not in self.gaps.writes
-        return self._final_ok
+        return self.last_is_final and (self.n_layers - 1) not in self.gaps.writes
 
     def _logits(self, hidden: torch.Tensor, n_variants: int, start: int = 0) -> torch.Tensor:
         if self.ledger is not None:
@@ -530,12 +528,18 @@ class PrefixRun:
         offsets = pad_a - pad_b
         if self.ledger is None:
             # the shared positions' layer input (embeddings, image features) must agree too
-            index = (torch.arange(start)[None] + offsets[:, None]).clamp(0, self.n_tokens - 1)
-            mine = self._first.gather(1, index.to(self._first.device)[..., None].expand(-1, -1, self._first.shape[-1]))
+            index = self._shifted(start, offsets)
+            mine = self._first.gather(1, index[..., None].expand(-1, -1, self._first.shape[-1]))
             real = (torch.arange(start)[None] >= pad_b[:, None]).to(mine.device)[..., None]
             if not torch.allclose(mine * real, other._first[:, :start] * real, rtol=1e-5, atol=1e-6):
                 return None
         return start, offsets
+
+    def _shifted(self, start: int, offsets: torch.Tensor) -> torch.Tensor:
+        """`[B, start]`: where this run's row i holds the paired batch's positions `0..start-1`
+        (`offsets[i]` later; clamped inside the sequence, for the partner's padding, which its mask hides)."""
+        index = (torch.arange(start)[None] + offsets[:, None]).clamp(0, self.n_tokens - 1)
+        return index.to(self._first.device)
 
     @torch.no_grad()
     def paired_sweep(
@@ -563,7 +567,7 @@ class PrefixRun:
             by_layer.setdefault(layer, []).append(j)
         per_pass = per_pass or max_variants(self.adapter, self.n_tokens)
         calls = other._suffix_calls(start)
-        index = (torch.arange(start)[None] + offsets[:, None]).clamp(0, self.n_tokens - 1).to(self._first.device)
+        index = self._shifted(start, offsets)
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         keep = _keeping(kept)
 

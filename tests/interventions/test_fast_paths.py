@@ -92,7 +92,7 @@ def test_the_last_layers_mlp_at_the_final_position_alone_gives_the_same_bits(tin
         hidden = dict(run.states())[1]
         widths.clear()
         fast = run.resume(1, hidden, 2)
-        run._final_ok = False
+        run._final_is_last = False  # the MLP over every position
         slow = run.resume(1, hidden, 2)
     finally:
         handle.remove()

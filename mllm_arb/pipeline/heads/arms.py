@@ -24,7 +24,7 @@ from ...core.heads_file import HeadSet, n_selected
 from ...core.records import Condition, ConflictItem
 from ...models.adapter import ModelAdapter
 from .config import SweepConfig
-from .methods import Head, PairedBatches, Prepared, Removal, edited_log_odds, log_odds_under
+from .methods import Head, PairedBatches, Prepared, Removal, edited_by, log_odds_under
 
 
 # ------------------------------------------------------------------------------------ splits and sets
@@ -119,8 +119,7 @@ def arm_log_odds(adapter: ModelAdapter, prep: Prepared, arms: Sequence[Arm], rem
     if not arms and not plain:
         return None, []
     if fast:
-        edited = pairs.edited if pairs is not None else edited_log_odds
-        base, after = edited(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
+        base, after = edited_by(pairs)(adapter, prep, [(arm.heads, arm.scale) for arm in arms], removal, on_step)
         return base, list(after)
     base = log_odds_under(adapter, prep) if plain else None
     after = []

@@ -185,8 +185,7 @@ def exact_drops(
     pairs: PairedBatches | None = None,
 ) -> torch.Tensor:
     """`naive_drops` with prefix reuse (`edited_log_odds`, one head per edit; `pairs.edited` with `pairs`)."""
-    edited = pairs.edited if pairs is not None else edited_log_odds
-    base, after = edited(adapter, prep, [((head,), 0.0) for head in heads], removal, on_step, variants)
+    base, after = edited_by(pairs)(adapter, prep, [((head,), 0.0) for head in heads], removal, on_step, variants)
     return (base[None] - after).T
 
 
@@ -219,27 +218,43 @@ def edited_log_odds(
     where = where[:, position:]
 
     in_columns = position == run.n_tokens - 1 and run.last_is_final  # a last-position sweep (`last_sweep`)
-
-    def intervene(js: Sequence[int]):
-        """Edit `todo[j]` for each j of `js`, in block v of a stack of len(js): rows, or query columns."""
-        def place(v: int) -> torch.Tensor:
-            return variant_columns(len(js), v, where) if in_columns else variant_rows(n_rows, len(js), v, where)
-
-        chosen = [edits[todo[j]] for j in js]
-        return edit_heads(adapter, [removal.edit(h, place(v), scale) for v, (heads, scale) in enumerate(chosen) for h in heads])
-
+    if in_columns:
+        intervene = _editing(adapter, removal, edits, todo, lambda n, v: variant_columns(n, v, where))
+    else:
+        intervene = _editing(adapter, removal, edits, todo, lambda n, v: variant_rows(n_rows, n, v, where))
     if on_step and len(todo) < len(edits):
         on_step(n_rows * (len(edits) - len(todo)))
     if not todo:
         return base, after
     done = (lambda k: on_step(n_rows * k)) if on_step else None
-    first_layers = [min(l for l, _ in edits[j][0]) for j in todo]
+    first_layers = _first_layers(edits, todo)
     if in_columns:
         logits = run.last_sweep(first_layers, intervene, variants, done)
     else:
         logits = run.sweep(first_layers, [position] * len(todo), intervene, variants, done)
     _fill(after, logits, prep, todo, copies)
     return base, after
+
+
+def _editing(adapter: ModelAdapter, removal: Removal, edits: Sequence[HeadSetEdit], todo: Sequence[int],
+             place: Callable[[int, int], torch.Tensor]):
+    """A sweep's `intervene(js)`: edit `todo[j]` for each j of `js` in block v of a stack of len(js), at the
+    positions `place(len(js), v)` (rows of a stack, or query columns)."""
+    def intervene(js: Sequence[int]):
+        chosen = [edits[todo[j]] for j in js]
+        return edit_heads(adapter, [removal.edit(h, place(len(js), v), scale) for v, (heads, scale) in enumerate(chosen) for h in heads])
+
+    return intervene
+
+
+def _first_layers(edits: Sequence[HeadSetEdit], todo: Sequence[int]) -> list[int]:
+    """Where each edit to compute starts acting: its head set's lowest layer."""
+    return [min(l for l, _ in edits[j][0]) for j in todo]
+
+
+def _key(heads: Sequence[Head], scale: float) -> tuple:
+    """What makes two edits the same: their heads in any order, and the scale."""
+    return tuple(sorted(heads)), float(scale)
 
 
 def _distinct(edits: Sequence[HeadSetEdit]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -250,7 +265,7 @@ def _distinct(edits: Sequence[HeadSetEdit]) -> tuple[list[int], list[tuple[int, 
     todo, copies = [], []
     for j, (heads, scale) in enumerate(edits):
         if heads:
-            key = (tuple(sorted(heads)), float(scale))
+            key = _key(heads, scale)
             if key in first:
                 copies.append((j, first[key]))
             else:
@@ -269,7 +284,7 @@ def _fill(after: torch.Tensor, logits: torch.Tensor, prep: Prepared, todo: Seque
 
 
 def _edits_key(edits: Sequence[HeadSetEdit]) -> tuple:
-    return tuple((tuple(sorted(heads)), float(scale)) for heads, scale in edits)
+    return tuple(_key(heads, scale) for heads, scale in edits)
 
 
 @torch.no_grad()
@@ -303,23 +318,23 @@ def paired_log_odds(
     where = position_mask(prep.batch, "all")
     where_other = position_mask(other.batch, "all")[:, start:]
 
-    def editing(mask: torch.Tensor):
-        def intervene(js: Sequence[int]):
-            chosen = [edits[todo[j]] for j in js]
-            return edit_heads(adapter, [removal.edit(h, variant_rows(n_rows, len(js), v, mask), scale)
-                                        for v, (heads, scale) in enumerate(chosen) for h in heads])
-        return intervene
-
     def done(k: int) -> None:
         for step in (on_step, on_step_other):
             if step:
                 step(n_rows * k)
 
-    logits, logits_other = run.paired_sweep(run_other, start, offsets, [min(l for l, _ in edits[j][0]) for j in todo],
-                                            editing(where), editing(where_other), variants, done)
+    logits, logits_other = run.paired_sweep(
+        run_other, start, offsets, _first_layers(edits, todo),
+        _editing(adapter, removal, edits, todo, lambda n, v: variant_rows(n_rows, n, v, where)),
+        _editing(adapter, removal, edits, todo, lambda n, v: variant_rows(n_rows, n, v, where_other)), variants, done)
     _fill(results[0][1], logits, prep, todo, copies)
     _fill(results[1][1], logits_other, other, todo, copies)
     return results[0], results[1]
+
+
+def edited_by(pairs: PairedBatches | None):
+    """The function a sweep computes edited log-odds with: `pairs.edited`, or `edited_log_odds` without pairs."""
+    return pairs.edited if pairs is not None else edited_log_odds
 
 
 class PairedBatches:
