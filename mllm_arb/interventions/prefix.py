@@ -138,6 +138,13 @@ def _cut(value, key: str, start: int, n_tok: int):
     return value
 
 
+def _with_mask(args: tuple, kwargs: dict, mask) -> tuple[tuple, dict]:
+    """An attention call's arguments after the query, with `mask` for its mask (passed by position or by name)."""
+    if args:
+        return (mask, *args[1:]), kwargs
+    return args, {**kwargs, "attention_mask": mask}
+
+
 def _allowed(mask: torch.Tensor) -> torch.Tensor:
     """Where a boolean or additive attention mask lets a query see a key."""
     return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
@@ -180,6 +187,8 @@ class PrefixRun:
         self._first: torch.Tensor | None = None
         self._root_impl = root_implementation(text_implementation(self.model))
         self._reach: torch.Tensor | None = None
+        #: `query_start`'s measured answers, by suffix start
+        self._query_starts: dict[int, int] = {}
         #: with `keep_final`: every layer's (keys, values) and its `[B, 1, d]` input at the final position
         self._final: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] | None = None
         #: planning (`adapter.ledger`): layer calls are counted, not run, on hidden states of width 0
@@ -351,6 +360,7 @@ class PrefixRun:
     def sweep(
         self, first_layers: Sequence[int], starts: Sequence[int], intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None, row_extra: int = 0,
+        branches: Sequence[tuple[int, int] | None] | None = None,
     ) -> torch.Tensor:
         """`[n, B, vocab]` last-position logits of `n` ≥ 1 variants, variant j acting from layer
         `first_layers[j]` on and touching positions `starts[j]..` only (`start_for`; 0: every position).
@@ -359,12 +369,17 @@ class PrefixRun:
         `per_pass` with the same first layer stacked (default: `max_variants`). `intervene(js)` is
         entered around each stacked pass and applies variants `js` to its row blocks, in that order;
         `row_extra` is what it holds per stacked row, in floats. `on_done(k)`: k variants finished.
+        `branches`: variants of a suffix sweep that branch off another (`suffix_sweep`); the others ignore it.
         """
         out: list[torch.Tensor | None] = [None] * len(first_layers)
         later = [j for j, start in enumerate(starts) if start]
         if later:
+            where = {j: k for k, j in enumerate(later)}
+            branch = None if branches is None else [
+                None if branches[j] is None or branches[j][0] not in where else (where[branches[j][0]], branches[j][1]) for j in later]
             logits = self.suffix_sweep([first_layers[j] for j in later], [starts[j] for j in later],
-                                       lambda js: intervene([later[k] for k in js]), per_pass, on_done, row_extra=row_extra)
+                                       lambda js: intervene([later[k] for k in js]), per_pass, on_done, row_extra=row_extra,
+                                       branches=branch)
             for k, j in enumerate(later):
                 out[j] = logits[k]
         by_layer: dict[int, list[int]] = {}
@@ -388,7 +403,7 @@ class PrefixRun:
     def suffix_sweep(
         self, first_layers: Sequence[int], starts: Sequence[int] | int, intervene: Callable[[Sequence[int]], AbstractContextManager],
         per_pass: int | None = None, on_done: Callable[[int], None] | None = None, group_size: int | None = None,
-        row_extra: int = 0,
+        row_extra: int = 0, branches: Sequence[tuple[int, int] | None] | None = None,
     ) -> torch.Tensor:
         """`[n, B, vocab]` last-position logits of `n` variants, variant j touching only positions
         `starts[j]..` (from `start_for`; one int: the same for all) and acting from layer `first_layers[j]` on.
@@ -402,29 +417,48 @@ class PrefixRun:
         about a plain pass's (or `group_size` variants a group). `row_extra`: what `intervene` itself
         holds per stacked row, in floats (a knockout's blocked-entry mask), for the default `per_pass`.
         `on_done(k)` reports k variants finished.
+
+        `branches[j] = (k, l)` says that variant j edits what variant k edits in layers before l, with the
+        same start (a knockout of layers 0..5 and one of every layer agree up to layer 6): j then joins at
+        layer l from k's state there instead of at its first layer from the plain one, the same rows that it
+        would compute (k must branch off nothing, and act from layer l at the latest).
         """
         n, n_tok = len(first_layers), self.n_tokens
         starts = [starts] * n if isinstance(starts, int) else list(starts)
         bad = sorted({s for s in starts if not 0 < s <= int(self.last.min())})
         if bad:
             raise ValueError(f"a suffix starts after the first position and at the latest at the last one, not at {bad}")
+        branches = list(branches) if branches is not None else [None] * n
+        for j, branch in enumerate(branches):
+            if branch is not None:
+                k, layer = branch
+                if branches[k] is not None or starts[k] != starts[j] or first_layers[k] > layer or k == j:
+                    raise ValueError(f"variant {j} cannot branch off variant {k} at layer {layer}")
+        children: dict[int, list[int]] = {}
+        for j, branch in enumerate(branches):
+            if branch is not None:
+                children.setdefault(branch[0], []).append(j)
         d = self._width
         room = _plain_pass_size(self.adapter, n_tok) // 4  # floats per row for the carried suffixes
-        order = sorted(range(n), key=lambda j: first_layers[j])
+        # a variant and those branching off it are carried in one group
+        order = sorted((j for j in range(n) if branches[j] is None), key=lambda j: first_layers[j])
         out: list[torch.Tensor | None] = [None] * n
         while order:
             group, size = [], 0
             while order and (len(group) < group_size if group_size else (not group or size + (n_tok - starts[order[0]]) * d <= room)):
-                size += (n_tok - starts[order[0]]) * d
-                group.append(order.pop(0))
-            for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass, row_extra):
+                family = [order.pop(0)]
+                family += children.get(family[0], [])
+                size += (n_tok - starts[family[0]]) * d * len(family)
+                group += family
+            for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass, row_extra, branches):
                 out[j] = logits
             if on_done:
                 on_done(len(group))
         return self._stacked(out)
 
-    def _sweep_group(self, group, first_layers, starts, intervene, per_pass, row_extra):
-        """Carry the variants `group` (sorted by first layer) through the layers; yields `(j, logits)`."""
+    def _sweep_group(self, group, first_layers, starts, intervene, per_pass, row_extra, branches):
+        """Carry the variants `group` through the layers, each from where it joins (its first layer, or
+        where it branches off another); yields `(j, logits)`."""
         kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         keep = _keeping(kept)
 
@@ -447,17 +481,19 @@ class PrefixRun:
         calls = {s: self._suffix_calls(s) for s in {starts[j] for j in group}}
         passes = {s: per_pass or max_variants(self.adapter, n_tok, n_tok - s, row_extra) for s in calls}
         suffix: dict[int, torch.Tensor] = {}  # variant -> its `[B, T - start, d]` state
-        waiting = list(group)
+        joins = {j: first_layers[j] if branches[j] is None else branches[j][1] for j in group}
+        waiting = sorted(group, key=lambda j: (joins[j], branches[j] is not None))  # a variant joins before its branches
         hidden = self._first
         for index in range(self.n_layers):
-            if index < first_layers[group[0]]:
+            if not suffix and index < joins[waiting[0]]:
                 hidden = self._layer(index, hidden, self._calls[index])
                 continue
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
                 following = self._layer(index, hidden, self._calls[index])
-            while waiting and first_layers[waiting[0]] == index:
+            while waiting and joins[waiting[0]] == index:
                 j = waiting.pop(0)
-                suffix[j] = hidden[:, starts[j] :]
+                # the state is replaced, never written in place, after each layer: the two may hold one tensor
+                suffix[j] = hidden[:, starts[j] :] if branches[j] is None else suffix[branches[j][0]]
             for start, per in passes.items():
                 active = [j for j in suffix if starts[j] == start]
                 for first in range(0, len(active), per):
@@ -542,6 +578,48 @@ class PrefixRun:
         return index.to(self._first.device)
 
     @torch.no_grad()
+    def query_start(self, start: int) -> int:
+        """The first query row a paired sweep's attention runs on when this batch recomputes positions
+        `start..` alone: the latest row at or before `start` from which the attention kernel gives rows
+        `start..` the bits it gives them in the batch's own full call.
+
+        A kernel may round a query row differently depending on how it blocks the rows together
+        (torch's CPU kernel takes 32, 64 or 256 rows a block by the query length), so a suffix's rows
+        alone round differently than in the whole sequence; from a block boundary, with at least as
+        many rows as puts the kernel on the same block size, they do not. Which start keeps the bits is
+        measured, not assumed: on layer 0 of the recorded pass, the full call against calls from the
+        candidate rows, the latest candidate that agrees bit for bit (0, the full call, always does).
+        Planning counts the probe's layer call and answers `start` (it counts layer passes, not attention rows)."""
+        if start in self._query_starts:
+            return self._query_starts[start]
+        if self.ledger is not None:
+            self._layer(0, self._first, self._calls[0])
+            self._query_starts[start] = start
+            return start
+        n = self.n_tokens
+        candidates = sorted({(min(start, n - least) // size) * size for size in (1, 8, 16, 32, 64, 128, 256, 512)
+                             for least in (0, 192, 768)} - {0}, reverse=True)
+        candidates = [c for c in candidates if 0 < c <= start]
+        mask = self._calls[0].get("attention_mask")
+        explicit = self._causal_mask() if mask is None else mask
+        found = [0]
+
+        def probe(base, module, query, key, value, *args, **kwargs):
+            full = base(module, query, key, value, *args, **kwargs)
+            for first in candidates:
+                rest, named = _with_mask(args, kwargs, _cut(explicit, "attention_mask", first, n))
+                part = base(module, query[:, :, first:], key, value, *rest, **named)
+                if torch.equal(part[0][:, start - first:], full[0][:, start:]):
+                    found[0] = first
+                    break
+            return full
+
+        with wrap_text_attention(self.model, probe, "a paired sweep"):
+            self._layer(0, self._first, self._calls[0])
+        self._query_starts[start] = found[0]
+        return found[0]
+
+    @torch.no_grad()
     def paired_sweep(
         self, other: "PrefixRun", start: int, offsets: torch.Tensor, first_layers: Sequence[int],
         intervene: Callable[[Sequence[int]], AbstractContextManager], intervene_other: Callable[[Sequence[int]], AbstractContextManager],
@@ -567,20 +645,35 @@ class PrefixRun:
             by_layer.setdefault(layer, []).append(j)
         per_pass = per_pass or max_variants(self.adapter, self.n_tokens)
         calls = other._suffix_calls(start)
+        first_query = other.query_start(start)
+        masks = [c.get("attention_mask") for c in other._suffix_calls(first_query)]
         index = self._shifted(start, offsets)
-        kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        keep = _keeping(kept)
+        kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-        def prepend(n_variants: int):
+        def keep(base, module, query, key, value, *args, **kwargs):
+            kept["qkv"] = (query, key, value)
+            return base(module, query, key, value, *args, **kwargs)
+
+        # one shift for every row (the same left padding in both, as a pair's prompts usually have): a slice
+        shift = int(offsets[0]) if bool((offsets == offsets[0]).all()) and 0 <= int(offsets[0]) <= self.n_tokens - start else None
+
+        def prepend(n_variants: int, mask: torch.Tensor):
             rows = index.repeat(n_variants, 1)
 
-            def joined(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
-                where = rows[:, None, :, None].expand(-1, mine.shape[1], -1, mine.shape[-1])
+            def joined(mine: torch.Tensor, theirs: torch.Tensor, skip: int = 0) -> torch.Tensor:
+                if shift is not None:
+                    return torch.cat([mine[:, :, shift + skip : shift + start], theirs], 2)
+                where = rows[:, None, skip:, None].expand(-1, mine.shape[1], -1, mine.shape[-1])
                 return torch.cat([mine.gather(2, where), theirs], 2)
 
             def wrapper(base, module, query, key, value, *args, **kwargs):
-                key_a, value_a = kept["kv"]
-                return base(module, query, joined(key_a, key), joined(value_a, value), *args, **kwargs)
+                # the shared positions from `first_query` on join as queries too, so that the kernel blocks
+                # the suffix's query rows as the batch alone does, and gives them the same bits
+                query_a, key_a, value_a = kept["qkv"]
+                args, kwargs = _with_mask(args, kwargs, mask)
+                out, weights = base(module, joined(query_a, query, first_query), joined(key_a, key), joined(value_a, value), *args, **kwargs)
+                cut = start - first_query
+                return out[:, cut:], None if weights is None else weights[..., cut:, :]
 
             return wrapper
 
@@ -595,7 +688,8 @@ class PrefixRun:
                 for i in range(layer, self.n_layers):
                     with intervene(chunk), wrap_text_attention(self.model, keep, "a paired sweep"):
                         h = self._layer(i, h, _tile(self._calls[i], n_rows, n_var, memo), n_var, read_last=True)
-                    with intervene_other(chunk), wrap_text_attention(self.model, prepend(n_var), "a paired sweep"):
+                    mask = _tile(masks[i], n_rows, n_var, memo_other)
+                    with intervene_other(chunk), wrap_text_attention(self.model, prepend(n_var, mask), "a paired sweep"):
                         g = other._layer(i, g, _tile(calls[i], n_rows, n_var, memo_other), n_var, start, read_last=True)
                     kept.clear()
                 logits, logits_other = self._logits(h, n_var), other._logits(g, n_var, start)

@@ -4,10 +4,12 @@ intervention can change), last-position sweeps (variants as query columns), stac
 head scan, the batched knockout sweep, the hybrid ranking and hybrid-proposed exact verification.
 Same numbers within float tolerance."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
-from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_rows
+from mllm_arb.pipeline.analyze.flow import STUDY_EDGES, KnockoutPlan, knockout_branches, knockout_rows
 from mllm_arb.pipeline.heads.methods import (
     Removal,
     log_odds_under,
@@ -360,6 +362,49 @@ def test_cumulative_knockout_spans_fast_equal_naive_and_agree_where_they_coincid
     assert any(r["delta"] != 0 for r in fast if r["span"] == "from" and r["edge"] == "image->last")
 
 
+def test_knockouts_branch_off_the_widest_one_they_agree_with():
+    """Every layer up to l blocked agrees with every layer blocked until layer l + 1; a window from a to b
+    agrees with the block from a onwards until b + 1; knockouts of other edges, or that would save
+    nothing, branch off nothing."""
+    edge, other = ("image", "instruction"), ("context", "instruction")
+    todo = [(edge, 0, [0, 1, 2, 3]), (edge, 1, [1, 2, 3]), (edge, 0, [0, 1]), (edge, 1, [1, 2]), (edge, 2, [2, 3]),
+            (edge, 0, [0]), (other, 0, [0, 1]), (edge, 3, [3])]
+    assert knockout_branches(todo) == [None, None, (0, 2), (1, 3), None, (0, 1), None, None]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_knockouts_branching_off_another_give_the_same_bits(tiny, family, monkeypatch):
+    """Cumulative spans and windows that start from the state of the knockout they agree with (the
+    suffix sweep's branches) give the numbers of each run from its own first layer: the same rows,
+    computed in other stacks (bit for bit on the organism, measured; within 1e-6 on the tiny models,
+    whose small products take other kernels for other stack sizes)."""
+    from mllm_arb.pipeline.analyze import flow
+
+    adapter, _ = tiny(family)
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING, Condition.VISION_FOLLOWING])
+    plan = KnockoutPlan(edges=(("context", "instruction"), ("image", "context")), window=1,
+                        n_layers=adapter.parts.n_layers, cumulative=True)
+    calls = []
+    real = PrefixRun.suffix_sweep
+    monkeypatch.setattr(PrefixRun, "suffix_sweep", lambda self, *a, **k: calls.append(k["branches"]) or real(self, *a, **k))
+    branched = knockout_rows(adapter, samples, plan, batch_size=3)
+    assert calls and all(sum(b is not None for b in branches) >= adapter.parts.n_layers - 1 for branches in calls)
+    monkeypatch.setattr(flow, "knockout_branches", lambda todo: None)
+    alone = knockout_rows(adapter, samples, plan, batch_size=3)
+    assert [{**r, "log_odds_after": 0, "delta": 0} for r in branched] == [{**r, "log_odds_after": 0, "delta": 0} for r in alone]
+    assert [r["log_odds_after"] for r in branched] == pytest.approx([r["log_odds_after"] for r in alone], abs=1e-6, rel=0)
+    assert any(r["delta"] != 0 for r in alone)
+
+
+def test_a_variant_cannot_branch_off_one_that_branches_or_starts_elsewhere(tiny):
+    adapter, preps = tiny("llava")
+    run = PrefixRun(adapter, preps[0].batch)
+    start = int(run.last.min()) - 2
+    for branches, starts in (([None, (0, 1), (1, 1)], [start] * 3), ([None, (0, 1)], [start, start - 1]), ([(0, 1)], [start])):
+        with pytest.raises(ValueError, match="cannot branch"):
+            run.suffix_sweep([0] * len(starts), starts, lambda js: nullcontext(), branches=branches)
+
+
 @pytest.mark.parametrize("family", ["gemma3", "qwen2_vl"])
 def test_batched_knockout_sweep_under_eager_attention(tiny, family):
     adapter, _ = tiny(family, "eager")
@@ -443,6 +488,38 @@ def test_paired_batches_of_the_same_items_equal_each_batch_alone_and_one_forward
             for j, (heads, scale) in enumerate(edits):
                 torch.testing.assert_close(after[j], log_odds_under(adapter, prep, removal.edits(heads, prep.batch, scale)), **TOL)
             assert not torch.allclose(after[0], base) and torch.equal(after[4], after[0])
+
+
+def _rows_round_alone(adapter, n_rows: int, n_tokens: int, start: int) -> bool:
+    """Whether this machine's matrix products give positions `start..` the bits alone that they get
+    among all positions (the linear layers of a pair's suffix run on those rows alone)."""
+    layer = adapter.parts.o_proj(0)
+    x = torch.randn(n_rows, n_tokens, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(layer(x)[:, start:], layer(x[:, start:]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_paired_batches_give_each_batch_the_bits_it_gets_alone(tiny, family):
+    """The second batch of a pair runs its attention from `query_start`, which the kernel blocks as it
+    blocks the whole sequence: its numbers are the batch's own bit for bit, for head sets spanning
+    layers and scaled ones, stacked (where the machine's matrix products round a suffix of rows as
+    they round them among all rows, which is checked first; otherwise within float rounding)."""
+    adapter, preps = tiny(family)
+    tf, vf = _settings_pair(preps)
+    run, run_other = PrefixRun(adapter, tf.batch), PrefixRun(adapter, vf.batch)
+    start, _ = run.shared_prefix(run_other)
+    first = run_other.query_start(start)
+    assert 0 <= first <= start and run_other.query_start(start) == first  # measured once
+    last = adapter.parts.n_layers - 1
+    edits = [(((0, 0),), 0.0), (((last, 1),), 0.0), (((0, 1), (last, 0)), 2.5), (((1, 1),), 8.0)]
+    paired = paired_log_odds(adapter, tf, vf, edits, Removal("zero", "all"))
+    exact = _rows_round_alone(adapter, len(vf.batch), run_other.n_tokens, start)
+    for prep, (base, after) in zip((tf, vf), paired):
+        alone_base, alone = edited_log_odds(adapter, prep, edits, Removal("zero", "all"))
+        tolerance = dict(rtol=0, atol=0) if exact else TOL
+        torch.testing.assert_close(base, alone_base, **tolerance)
+        torch.testing.assert_close(after, alone, **tolerance)
 
 
 def test_batches_that_do_not_share_a_prefix_are_not_paired(tiny):
