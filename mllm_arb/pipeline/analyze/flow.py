@@ -138,6 +138,35 @@ def knockout_rows(
     return rows
 
 
+#: one knockout: the edge, its first layer, the layers it blocks
+Variant = tuple[tuple[str, str], int, list[int]]
+
+
+def knockout_branches(todo: Sequence[Variant]) -> list[tuple[int, int] | None]:
+    """Per knockout, `(k, l)` when it blocks the same edge as knockout k in the same layers below l, so
+    that it can start at layer l from k's state there (`PrefixRun.suffix_sweep`'s branches), or None.
+
+    A window and the cumulative spans are each other's prefixes: every layer up to l blocked is the
+    whole-depth block until layer l + 1, and a window from layer a is the block from a onwards until its
+    last layer. The widest knockouts are taken as the ones to branch off, each knockout off the one it
+    agrees with longest, if that saves layers."""
+    branches: list[tuple[int, int] | None] = [None] * len(todo)
+    roots: dict[tuple[str, str], list[int]] = {}
+    for j in sorted(range(len(todo)), key=lambda j: -len(todo[j][2])):
+        edge, first, layers = todo[j]
+        best = None
+        for k in roots.get(edge, []):
+            differ = set(layers) ^ set(todo[k][2])
+            agree = min(differ) if differ else None  # the first layer where the two block differently
+            if agree is not None and agree > first and todo[k][1] <= agree and (best is None or agree > best[1]):
+                best = (k, agree)
+        if best is None:
+            roots.setdefault(edge, []).append(j)
+        else:
+            branches[j] = best
+    return branches
+
+
 def _knockout_naive(adapter, batch, ids, todo: Sequence[Variant], on_step) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Baseline and per-variant `[B]` log-odds, one full forward pass per variant."""
     base = binary_scores(adapter.last_logits(batch), ids)[0]
@@ -199,7 +228,8 @@ def _knockout_fast(adapter, batch, ids, todo: Sequence[Variant], on_step, varian
             return knock_out_rows(adapter, block, [layers for _, _, layers in chosen for _ in range(n_rows)])
 
         record(rest, run.sweep([min(todo[j][2]) for j in rest], [starts[todo[j][0]] for j in rest], intervene, variants, done,
-                               row_extra=n_tok * n_tok // 4))  # a stacked row's blocked entries (bool)
+                               row_extra=n_tok * n_tok // 4,  # a stacked row's blocked entries (bool)
+                               branches=knockout_branches([todo[j] for j in rest])))
     return base, after
 
 
