@@ -31,9 +31,10 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
 
 # the fast paths' ratios in bfloat16 on random-weight 7B-shaped LLaVA and Qwen2.5-VL models; needs a CUDA device, < 8 min
-# `mllm-arb run` before and after the speed work, side by side (benchmarks/bench_run.py; about 10 minutes)
+# `mllm-arb run` before the speed work (f769875) and now, side by side in three alternating rounds
+# (benchmarks/bench_run.py; about 25 minutes)
 bench-run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_run
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_run --before f769875 --rounds 3
 
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu
