@@ -34,6 +34,7 @@ from .interventions import knockout as _knockout
 from .interventions.lens import Contributions, capture_residuals, contributions_from_trace, stream_scores
 from .models.adapter import ModelAdapter
 from .models.loading import load_adapter
+from .runtime.loading import checked
 from .pipeline.heads.methods import Prepared, log_odds_under
 
 
@@ -44,7 +45,7 @@ def load(model: str | Path = "organism", device: str = "cpu", dtype: str = "floa
     one, with its ground truth), a local folder, or a Hugging Face id already in the local cache (no
     download is attempted when `HF_HUB_OFFLINE=1`). A folder that is not a model, or damaged weights,
     raise `UserError` with one line."""
-    return load_adapter(str(model), device=device, dtype=dtype, attn_implementation=attn)
+    return checked(load_adapter(str(model), device=device, dtype=dtype, attn_implementation=attn))
 
 
 def conflict_items(n: int = 16, seed: int = 1000, **options) -> list[ConflictItem]:

@@ -80,7 +80,7 @@ class IntrospectedAdapter(ModelAdapter):
     image token id), and nothing is declared. Loading it says so once (`load_adapter`)."""
 
     family = "introspected"
-    quirks = "any other image-text-to-text model type: layers, output projections, final norm and unembedding found by introspection; loads with a warning"
+    quirks = "any other image-text-to-text model type: layers, output projections, final norm and unembedding found by introspection; loads with a warning, and is refused unless its residual stream, lens and resumed passes check out on two prompts"
 
 
 def adapter_for(model_type: str) -> type[ModelAdapter]:

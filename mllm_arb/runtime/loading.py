@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from ..core.errors import UserError
+from ..core.prompt import render_all
+from ..core.records import Condition
+from ..data.synthetic import SyntheticConfig, generate_items
+from ..interventions.selfcheck import check_measurable
 from ..models.adapter import ModelAdapter
 from .ranks import Ranks
 
@@ -19,7 +24,7 @@ def load_model(cfg: DictConfig, ranks: Ranks | None = None) -> ModelAdapter:
     transformers.utils.logging.set_verbosity_error()
 
     m = cfg.model
-    return load_adapter(
+    return checked(load_adapter(
         m.path,
         dtype=m.dtype,
         device=ranks.device(m.device) if ranks is not None else m.device,
@@ -27,4 +32,21 @@ def load_model(cfg: DictConfig, ranks: Ranks | None = None) -> ModelAdapter:
         padding_side=m.padding_side,
         name=m.name,
         family=m.get("family"),
-    )
+    ))
+
+
+def checked(adapter: ModelAdapter) -> ModelAdapter:
+    """`adapter`, after a model without a family file passed `check_measurable` on two of the organism's
+    conflict items under the text-following instruction (a family's own tests cover a declared family)."""
+    if adapter.family != "introspected":
+        return adapter
+    samples = render_all(generate_items(SyntheticConfig(n_items=2)), [Condition.TEXT_FOLLOWING])
+    batch = adapter.build_batch(samples)
+    try:
+        check_measurable(adapter, batch)
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        # an unknown model that cannot run a plain prompt fails every stage: say so at the door
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model {adapter.name!r} ({adapter.model.config.model_type}, no family file): a forward pass over "
+                        f"two conflict items failed ({first}); not supported") from exc
+    return adapter
