@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rounds = int(overrides[1])
         overrides = overrides[2:]
+    if rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, not {rounds}")
     arms = dict(ARMS)
     measured: dict[str, list] = {"before": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if rounds > 1:
         print("every round: " + ", ".join(f"{b[0]:.0f} s -> {n[0]:.0f} s ({x:.2f}x)" for b, n, x in zip(measured["before"], measured["now"], ratios)))
     print(f"minor page faults: {f0:,} before, {f1:,} now")
-    # every run of either arm against the first before run
+    # every run of either arm against the median round's before run
     runs = [m[3] for m in measured["before"] + measured["now"]]
     gap, where = max((largest_difference(r0, r) for r in runs), key=lambda g: g[0])
     rel, rel_where = max((largest_difference(r0, r, relative=True) for r in runs), key=lambda g: g[0])
     print(f"over every value of every results.json, heads.json and findings.json ({sum(map(len, r0.values())):,} values, "
-          f"{len(runs)} runs against the first before run):")
+          f"{len(runs)} runs against the median round's before run):")
     print(f"  largest absolute difference {gap:.3g}{f' at {where}' if where else ''}")
     print(f"  largest difference relative to max(1, |number|) {rel:.3g}{f' at {rel_where}' if rel_where else ''} (target ≤ {TOLERANCE:g})")
     ok = ratios[median] >= TARGET and rel <= TOLERANCE

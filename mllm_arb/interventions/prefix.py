@@ -32,6 +32,7 @@ the columns' own keys, each column seeing only its own (a block-diagonal mask, a
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from functools import cached_property
@@ -445,11 +446,21 @@ class PrefixRun:
         out: list[torch.Tensor | None] = [None] * n
         while order:
             group, size = [], 0
-            while order and (len(group) < group_size if group_size else (not group or size + (n_tok - starts[order[0]]) * d <= room)):
-                family = [order.pop(0)]
-                family += children.get(family[0], [])
-                size += (n_tok - starts[family[0]]) * d * len(family)
-                group += family
+
+            def fits(j: int) -> bool:
+                return len(group) < group_size if group_size else (not group or size + (n_tok - starts[j]) * d <= room)
+
+            while order and fits(order[0]):
+                root = order.pop(0)
+                group.append(root)
+                size += (n_tok - starts[root]) * d
+                for j in children.pop(root, []):
+                    if fits(j):
+                        group.append(j)
+                        size += (n_tok - starts[j]) * d
+                    else:  # no room beside its root: it runs from its own first layer, in a later group
+                        branches[j] = None
+                        bisect.insort(order, j, key=lambda k: first_layers[k])
             for j, logits in self._sweep_group(group, first_layers, starts, intervene, per_pass, row_extra, branches):
                 out[j] = logits
             if on_done:
@@ -646,7 +657,8 @@ class PrefixRun:
         per_pass = per_pass or max_variants(self.adapter, self.n_tokens)
         calls = other._suffix_calls(start)
         first_query = other.query_start(start)
-        masks = [c.get("attention_mask") for c in other._suffix_calls(first_query)]
+        # from row 0 the model's own masks (sdpa's causal shortcut stays a shortcut): the very call alone
+        masks = [c.get("attention_mask") for c in (other._calls if first_query == 0 else other._suffix_calls(first_query))]
         index = self._shifted(start, offsets)
         kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from ..core.errors import UserError
@@ -41,10 +42,11 @@ def checked(adapter: ModelAdapter) -> ModelAdapter:
     if adapter.family != "introspected":
         return adapter
     samples = render_all(generate_items(SyntheticConfig(n_items=2)), [Condition.TEXT_FOLLOWING])
-    batch = adapter.build_batch(samples)
     try:
-        check_measurable(adapter, batch)
-    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        check_measurable(adapter, adapter.build_batch(samples))
+    except (UserError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
         # an unknown model that cannot run a plain prompt fails every stage: say so at the door
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"model {adapter.name!r} ({adapter.model.config.model_type}, no family file): a forward pass over "

@@ -396,6 +396,25 @@ def test_knockouts_branching_off_another_give_the_same_bits(tiny, family, monkey
     assert any(r["delta"] != 0 for r in alone)
 
 
+def test_branches_without_room_beside_their_knockout_run_from_their_own_first_layer(tiny, monkeypatch):
+    """Where memory leaves room for one suffix a group, a knockout's branches do not crowd in beside it:
+    they run later, from their own first layer, with the same numbers."""
+    from mllm_arb.interventions import prefix
+    from mllm_arb.pipeline.analyze import flow
+
+    adapter, _ = tiny("llava")
+    samples = render_all(conflict_items(3), [Condition.TEXT_FOLLOWING])
+    plan = KnockoutPlan(edges=(("context", "instruction"),), window=1, n_layers=adapter.parts.n_layers, cumulative=True)
+    expected = knockout_rows(adapter, samples, plan, batch_size=3)
+    groups = []
+    real = PrefixRun._sweep_group
+    monkeypatch.setattr(PrefixRun, "_sweep_group", lambda self, group, *a: groups.append(len(group)) or real(self, group, *a))
+    monkeypatch.setattr(prefix, "_plain_pass_size", lambda adapter, n_tokens: 0)  # room for one suffix a group
+    squeezed = knockout_rows(adapter, samples, plan, batch_size=3)
+    assert groups and set(groups) == {1}
+    assert [r["log_odds_after"] for r in squeezed] == pytest.approx([r["log_odds_after"] for r in expected], abs=1e-6, rel=0)
+
+
 def test_a_variant_cannot_branch_off_one_that_branches_or_starts_elsewhere(tiny):
     adapter, preps = tiny("llava")
     run = PrefixRun(adapter, preps[0].batch)
