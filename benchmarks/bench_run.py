@@ -37,10 +37,18 @@ ARMS = {
 }
 
 
-def run_once(env: dict, overrides: list[str], out: Path, code: Path | None = None) -> tuple[float, int, Path]:
-    """(wall seconds, minor page faults, the run directory) of one `mllm-arb run` in a fresh process (of
-    the package in folder `code`, when given)."""
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) that finished child processes took: unlike wall time, not inflated
+    while a shared machine's other tenants hold the cores."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(env: dict, overrides: list[str], out: Path, code: Path | None = None) -> tuple[float, int, Path, float]:
+    """(wall seconds, minor page faults, the run directory, CPU seconds) of one `mllm-arb run` in a fresh
+    process (of the package in folder `code`, when given)."""
     faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    cpu = cpu_seconds()
     start = time.perf_counter()
     if code is not None:
         env = {**env, "PYTHONPATH": str(code)}
@@ -51,7 +59,7 @@ def run_once(env: dict, overrides: list[str], out: Path, code: Path | None = Non
     if proc.returncode:
         raise SystemExit(f"mllm-arb run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     [manifest] = Path(out).glob("run/*/*/manifest.json")
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults, manifest.parent
+    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults, manifest.parent, cpu_seconds() - cpu
 
 
 #: a run folder's name (`<date>_<time>-<hash>`): strings that name one differ between any two runs
@@ -136,23 +144,24 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {r + 1}, {name}{f' ({before})' if name == 'before' and before else ''}: "
                           f"mllm-arb run {' '.join([*extra, *overrides])}", flush=True)
                     out = Path(tmp) / f"{name}-{r}"
-                    seconds, faults, run_dir = run_once(env, [*extra, *overrides], out, code if name == "before" else None)
-                    measured[name].append((seconds, faults, stage_seconds(run_dir), stage_results(run_dir, out)))
+                    seconds, faults, run_dir, cpu = run_once(env, [*extra, *overrides], out, code if name == "before" else None)
+                    measured[name].append((seconds, faults, stage_seconds(run_dir), stage_results(run_dir, out), cpu))
                     sha = json.loads((run_dir / "manifest.json").read_text()).get("git_sha")
-                    print(f"  {seconds:.0f} s, {faults:,} minor page faults, code at {sha}", flush=True)
+                    print(f"  {seconds:.0f} s ({cpu:.0f} CPU s), {faults:,} minor page faults, code at {sha}", flush=True)
         finally:
             if code is not None:
                 subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "worktree", "remove", "--force", str(code)], capture_output=True)
                 shutil.rmtree(code, ignore_errors=True)
     ratios = [b[0] / n[0] for b, n in zip(measured["before"], measured["now"])]
     median = sorted(range(rounds), key=lambda r: ratios[r])[(rounds - 1) // 2]  # the lower median for an even count
-    (t0, f0, s0, r0), (t1, f1, s1, _) = measured["before"][median], measured["now"][median]
+    (t0, f0, s0, r0, c0), (t1, f1, s1, _, c1) = measured["before"][median], measured["now"][median]
     print(f"\n{'stage':12s} {'before s':>9s} {'now s':>7s} {'ratio':>6s}   (round {median + 1}, the median ratio)")
     for stage in s0:
         print(f"{stage:12s} {s0[stage]:9.1f} {s1.get(stage, math.nan):7.1f} {s0[stage] / s1.get(stage, math.nan):6.2f}")
     print(f"{'total':12s} {t0:9.1f} {t1:7.1f} {t0 / t1:6.2f}   (target ≥ {TARGET}x)")
     if rounds > 1:
         print("every round: " + ", ".join(f"{b[0]:.0f} s -> {n[0]:.0f} s ({x:.2f}x)" for b, n, x in zip(measured["before"], measured["now"], ratios)))
+    print(f"CPU seconds: {c0:.0f} before, {c1:.0f} now ({c0 / c1:.2f}x)")
     print(f"minor page faults: {f0:,} before, {f1:,} now")
     # every run of either arm against the median round's before run
     runs = [m[3] for m in measured["before"] + measured["now"]]
