@@ -113,11 +113,11 @@ def _spread(value, key: str, times: int, memo: dict):
 
 
 def _keeping(kept: dict):
-    """An attention wrapper that leaves the call as it is and puts its keys and values in `kept["kv"]`
-    (the plain walk beside a sweep: each layer's keys and values, one layer at a time)."""
+    """An attention wrapper that leaves the call as it is and puts its keys and values in `kept["kv"]`,
+    its queries in `kept["q"]` (the plain walk beside a sweep: each layer's, one layer at a time)."""
 
     def keep(base, module, query, key, value, *args, **kwargs):
-        kept["kv"] = (key, value)
+        kept["kv"], kept["q"] = (key, value), query
         return base(module, query, key, value, *args, **kwargs)
 
     return keep
@@ -139,11 +139,11 @@ def _cut(value, key: str, start: int, n_tok: int):
     return value
 
 
-def _with_mask(args: tuple, kwargs: dict, mask) -> tuple[tuple, dict]:
-    """An attention call's arguments after the query, with `mask` for its mask (passed by position or by name)."""
+def _replacing(args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
+    """A call's arguments with its first one, passed by position or as `name`, replaced by `value`."""
     if args:
-        return (mask, *args[1:]), kwargs
-    return args, {**kwargs, "attention_mask": mask}
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, name: value}
 
 
 def _allowed(mask: torch.Tensor) -> torch.Tensor:
@@ -158,9 +158,8 @@ def _mlp_at_final(module, args, kwargs):
     for bit on the organism's batches, measured; a product of a handful of rows may take another kernel
     and round differently); the others, which nothing reads after the last layer, get meaningless ones.
     It saves the MLP of T - 1 positions per pass."""
-    if args:
-        return (args[0][:, -1:], *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": kwargs["hidden_states"][:, -1:]}
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return _replacing(args, kwargs, "hidden_states", hidden[:, -1:])
 
 
 class PrefixRun:
@@ -618,7 +617,7 @@ class PrefixRun:
         def probe(base, module, query, key, value, *args, **kwargs):
             full = base(module, query, key, value, *args, **kwargs)
             for first in candidates:
-                rest, named = _with_mask(args, kwargs, _cut(explicit, "attention_mask", first, n))
+                rest, named = _replacing(args, kwargs, "attention_mask", _cut(explicit, "attention_mask", first, n))
                 part = base(module, query[:, :, first:], key, value, *rest, **named)
                 if torch.equal(part[0][:, start - first:], full[0][:, start:]):
                     found[0] = first
@@ -660,11 +659,8 @@ class PrefixRun:
         # from row 0 the model's own masks (sdpa's causal shortcut stays a shortcut): the very call alone
         masks = [c.get("attention_mask") for c in (other._calls if first_query == 0 else other._suffix_calls(first_query))]
         index = self._shifted(start, offsets)
-        kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-        def keep(base, module, query, key, value, *args, **kwargs):
-            kept["qkv"] = (query, key, value)
-            return base(module, query, key, value, *args, **kwargs)
+        kept: dict = {}
+        keep = _keeping(kept)
 
         # one shift for every row (the same left padding in both, as a pair's prompts usually have): a slice
         shift = int(offsets[0]) if bool((offsets == offsets[0]).all()) and 0 <= int(offsets[0]) <= self.n_tokens - start else None
@@ -681,8 +677,8 @@ class PrefixRun:
             def wrapper(base, module, query, key, value, *args, **kwargs):
                 # the shared positions from `first_query` on join as queries too, so that the kernel blocks
                 # the suffix's query rows as the batch alone does, and gives them the same bits
-                query_a, key_a, value_a = kept["qkv"]
-                args, kwargs = _with_mask(args, kwargs, mask)
+                query_a, (key_a, value_a) = kept["q"], kept["kv"]
+                args, kwargs = _replacing(args, kwargs, "attention_mask", mask)
                 out, weights = base(module, joined(query_a, query, first_query), joined(key_a, key), joined(value_a, value), *args, **kwargs)
                 cut = start - first_query
                 return out[:, cut:], None if weights is None else weights[..., cut:, :]
