@@ -113,14 +113,14 @@ def edit_heads(model_or_adapter, edits: Sequence[HeadEdit], positions: torch.Ten
         _check_head(parts, edit.layer, edit.head)
         by_layer.setdefault(edit.layer, []).append(edit)
 
-    def make_hook(layer_edits: list[HeadEdit]):
+    def make_hook(layer: int, layer_edits: list[HeadEdit]):
         layer_edits = [e for e in layer_edits if not e.is_identity]
 
         def hook(module, args):
             if not layer_edits:
                 return None
             x = args[0]
-            heads = x.reshape(*x.shape[:-1], parts.n_heads, parts.head_dim)
+            heads = x.reshape(*x.shape[:-1], parts.n_heads, parts.head_dim(layer))
             new = heads.clone()
             for edit in layer_edits:
                 where = _select(edit.positions if edit.positions is not None else positions, heads)
@@ -133,7 +133,7 @@ def edit_heads(model_or_adapter, edits: Sequence[HeadEdit], positions: torch.Ten
 
     with ExitStack() as stack:
         for layer, layer_edits in by_layer.items():
-            handle = parts.o_proj(layer).register_forward_pre_hook(make_hook(layer_edits))
+            handle = parts.o_proj(layer).register_forward_pre_hook(make_hook(layer, layer_edits))
             stack.callback(handle.remove)
         yield
 
@@ -166,7 +166,7 @@ def record_heads(model_or_adapter, layers: Iterable[int] | None = None, detach: 
     def make_hook(layer: int):
         def hook(module, args):
             x = args[0]
-            heads = x.reshape(*x.shape[:-1], parts.n_heads, parts.head_dim)
+            heads = x.reshape(*x.shape[:-1], parts.n_heads, parts.head_dim(layer))
             if detach:
                 record[layer] = heads.detach()
                 return None

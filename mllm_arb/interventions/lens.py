@@ -3,23 +3,24 @@ sublayer, read through the final norm and the unembedding.
 
 One forward pass with hooks records, at the chosen positions, the residual before each layer and the
 writes of its attention and MLP sublayers (the adapter's `attn_writer`/`mlp_writer`: Gemma 3's sandwich
-norms write through their post-norms, not through `self_attn`/`mlp`), what the model writes between
-layers besides them (Qwen3-VL's DeepStack, `interventions/gaps.py`: its own component, after the MLP),
-plus the residual entering the final norm. The residual after a sublayer is rebuilt as
-`before + write`, exactly the addition the layer itself performs, so nothing of the model's forward is
-re-implemented.
+norms write through their post-norms, not through `self_attn`/`mlp`), what the layer writes after its
+MLP (Gemma 4's per-layer input, `late_writers`) and what its scaling changes (Gemma 4's `layer_scalar`:
+(scale - 1) times the layer's sum), what the model writes between layers besides them (Qwen3-VL's
+DeepStack, `interventions/gaps.py`), each its own component, plus the residual entering the final norm.
+The residual after a component is rebuilt as `before + write`, the addition the layer itself performs,
+so nothing of the model's forward is re-implemented.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..models.adapter import Batch
-from .gaps import Gaps, record_gaps
+from .gaps import record_gaps
 
 SUBLAYERS = ("attn", "mlp")
 
@@ -30,9 +31,11 @@ class ResidualTrace:
 
     `pre`, `attn`, `mlp`: `[L, B, P, d]`: the residual entering layer l, and what its attention and MLP
     sublayers add to it. `final`: `[B, P, d]` the residual entering the final norm. `logits`: `[B, P, V]`
-    the model's own output logits there (what the lens at the final residual must reproduce). `gap`:
-    `[L, B, P, d]` what the model writes after layer l besides attention and MLP (named `gap_name`;
-    None for families without such a writer), so that `post[l] + gap[l]` is the input of layer l + 1.
+    the model's own output logits there (what the lens at the final residual must reproduce). `late`:
+    `{name: [L, B, P, d]}` what layer l writes after its MLP, in order (Gemma 4's per-layer input, then
+    its layer scale; empty for most families). `gap`: `[L, B, P, d]` what the model writes after layer l
+    besides its layers (named `gap_name`; None for families without such a writer), so that
+    `out[l] + gap[l]` is the input of layer l + 1.
     """
 
     positions: torch.Tensor
@@ -44,11 +47,13 @@ class ResidualTrace:
     logits: torch.Tensor
     gap: torch.Tensor | None = None
     gap_name: str = ""
+    late: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def sublayers(self) -> tuple[str, ...]:
-        """The components each layer has, in the order they write: attention, MLP, then a between-layer writer."""
-        return SUBLAYERS + ((self.gap_name,) if self.gap is not None else ())
+        """The components each layer has, in the order they write: attention, MLP, the writes after the
+        MLP, then a between-layer writer."""
+        return SUBLAYERS + tuple(self.late) + ((self.gap_name,) if self.gap is not None else ())
 
     @property
     def n_layers(self) -> int:
@@ -61,8 +66,13 @@ class ResidualTrace:
 
     @property
     def post(self) -> torch.Tensor:
-        """`[L, B, P, d]` residual after layer l's MLP write (the layer's output)."""
+        """`[L, B, P, d]` residual after layer l's MLP write."""
         return self.mid + self.mlp
+
+    @property
+    def out(self) -> torch.Tensor:
+        """`[L, B, P, d]` layer l's output: the residual after its MLP and every write after it."""
+        return self.post + sum(self.late.values()) if self.late else self.post
 
     def stream(self) -> torch.Tensor:
         """`[kL + 1, B, P, d]` (k: `len(sublayers)`): the residual before layer 0, then after each
@@ -71,8 +81,10 @@ class ResidualTrace:
         points = [self.pre[0]]
         for layer in range(self.n_layers):
             points += [mid[layer], post[layer]]
+            for write in self.late.values():
+                points.append(points[-1] + write[layer])
             if self.gap is not None:
-                points.append(post[layer] + self.gap[layer])
+                points.append(points[-1] + self.gap[layer])
         return torch.stack(points)
 
 
@@ -114,7 +126,9 @@ def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
     """
     parts = adapter.parts
     n_layers = parts.n_layers
-    record: dict = {"pre": [None] * n_layers, "attn": [None] * n_layers, "mlp": [None] * n_layers, "final": None}
+    late = [name for _, name in adapter.late]
+    record: dict = {"pre": [None] * n_layers, "attn": [None] * n_layers, "mlp": [None] * n_layers, "final": None,
+                    **{name: [None] * n_layers for name in late}}
 
     def take(hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
@@ -142,6 +156,8 @@ def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
                 adapter.attn_writer(layer).register_forward_hook(write_hook("attn", layer)),
                 adapter.mlp_writer(layer).register_forward_hook(write_hook("mlp", layer)),
             )
+            for module, name in adapter.late:
+                handles += (getattr(parts.layers[layer], module).register_forward_hook(write_hook(name, layer)),)
             for handle in handles:
                 stack.callback(handle.remove)
         handle = parts.final_norm.register_forward_pre_hook(final_hook, with_kwargs=True)
@@ -156,13 +172,15 @@ def capture_residuals(adapter, batch: Batch, positions: str | torch.Tensor | Seq
     pos, valid = resolve_positions(batch, positions)
     with record_residuals(adapter, pos) as record:
         out = adapter.model(**batch.inputs, use_cache=False)
-    missing = [k for k in ("pre", "attn", "mlp") if any(t is None for t in record[k])] + (["final"] if record["final"] is None else [])
+    late_names = [name for _, name in adapter.late]
+    missing = [k for k in ("pre", "attn", "mlp", *late_names) if any(t is None for t in record[k])]
+    missing += ["final"] if record["final"] is None else []
     if missing:
         raise RuntimeError(f"the forward pass never reached the hooks for {missing}")
     rows = torch.arange(len(batch), device=out.logits.device)[:, None]
     gaps, pre = record["gaps"], record["pre"][0]
     gap = torch.stack([gaps.written(layer, pos, pre) for layer in range(len(record["pre"]))]) if gaps.method else None
-    return ResidualTrace(
+    trace = ResidualTrace(
         gap=gap,
         gap_name=gaps.name,
         positions=pos,
@@ -172,13 +190,19 @@ def capture_residuals(adapter, batch: Batch, positions: str | torch.Tensor | Seq
         mlp=torch.stack(record["mlp"]),
         final=record["final"],
         logits=out.logits[rows, pos.to(out.logits.device)],
+        late={name: torch.stack(record[name]) for name in late_names},
     )
+    if adapter.layer_scale:
+        # the layer multiplies its sum by the scale: what that adds is (scale - 1) times the sum
+        scale = torch.stack([getattr(layer, adapter.layer_scale).reshape(()) for layer in adapter.parts.layers])
+        trace.late["layer_scale"] = (scale.to(trace.pre.dtype) - 1).view(-1, 1, 1, 1) * trace.out
+    return trace
 
 
 def lens_logits(adapter, resid: torch.Tensor) -> torch.Tensor:
-    """Read residual vectors (`[..., d]`) as next-token logits: unembed(final_norm(resid))."""
-    parts = adapter.parts
-    return parts.unembed(parts.final_norm(resid))
+    """Read residual vectors (`[..., d]`) as next-token logits: unembed(final_norm(resid)), soft-capped
+    where the model caps its own logits."""
+    return adapter.parts.read(resid)
 
 
 def _id_lists(ids, n_rows: int) -> list[list[int]]:
@@ -279,7 +303,7 @@ def component_contributions(
     if adapter.ledger is not None:  # planning: one forward pass counted, zero contributions
         adapter.ledger.forward(adapter, batch)
         pos, valid = resolve_positions(batch, positions)
-        sublayers = SUBLAYERS + ((Gaps(adapter).name,) if adapter.gap_writer else ())
+        sublayers = adapter.components()
         zeros = torch.zeros(*pos.shape, adapter.parts.n_layers, len(sublayers))
         flat = torch.zeros(pos.shape)
         return Contributions(zeros, zeros, flat, flat, flat, flat, pos, valid, sublayers)

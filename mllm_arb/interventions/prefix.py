@@ -33,7 +33,8 @@ the columns' own keys, each column seeing only its own (a block-diagonal mask, a
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from functools import cached_property
 
@@ -45,7 +46,19 @@ from ..models.ledger import zero_logits
 from .gaps import Gaps, record_gaps
 
 #: layer keyword arguments that carry the sequence, and the dimension it is on
-_SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1}
+_SEQUENCE_DIMS = {"attention_mask": -2, "position_embeddings": -2, "position_ids": -1, "cache_position": -1,
+                  "per_layer_input": -2}
+
+
+def _by_name(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A layer call's arguments, those passed by position named as the layer's `forward` names them
+    (Gemma 4 passes each layer's per-layer input second, by position)."""
+    if not args:
+        return dict(kwargs)
+    names = list(inspect.signature(module.forward).parameters)
+    if len(args) > len(names) or any(name in kwargs for name in names[: len(args)]):
+        raise RuntimeError(f"{type(module).__name__} was called with {len(args)} positional arguments that its forward cannot name")
+    return {**dict(zip(names, args)), **kwargs}
 
 
 def _tile(value, n_rows: int, times: int, memo: dict):
@@ -53,8 +66,17 @@ def _tile(value, n_rows: int, times: int, memo: dict):
 
     A tensor is per row when its first dimension is the batch's; a first dimension of 1 broadcasts
     over any batch and stays as it is. Anything else cannot be stacked safely, so it is an error.
-    Tensors shared between layers (one mask for many layers) are tiled once (`memo`).
+    Tensors shared between layers (one mask for many layers) are tiled once (`memo`). A mutable
+    mapping is state that layers write into as they run (Gemma 4's keys and values shared between
+    layers): every pass gets its own copy (one per pass through `memo`), so that a variant's writes
+    never reach the recorded pass or another variant, even unstacked.
     """
+    if isinstance(value, MutableMapping) and not isinstance(value, dict):
+        if id(value) not in memo:
+            memo[id(value)] = type(value)({k: _tile(v, n_rows, times, memo) for k, v in value.items()})
+        return memo[id(value)]
+    if isinstance(value, dict):  # a call's keyword arguments: a mapping above may sit inside
+        return {k: _tile(v, n_rows, times, memo) for k, v in value.items()}
     if times == 1:
         return value
     if isinstance(value, torch.Tensor):
@@ -70,8 +92,6 @@ def _tile(value, n_rows: int, times: int, memo: dict):
         return out
     if isinstance(value, (tuple, list)):
         return type(value)(_tile(v, n_rows, times, memo) for v in value)
-    if isinstance(value, dict):
-        return {k: _tile(v, n_rows, times, memo) for k, v in value.items()}
     return value
 
 
@@ -134,7 +154,7 @@ def _cut(value, key: str, start: int, n_tok: int):
         return value
     if isinstance(value, (tuple, list)):
         return type(value)(_cut(v, key, start, n_tok) for v in value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # state written along the whole sequence (Gemma 4's shared keys and values)
         raise ValueError(f"decoder-layer argument {key!r} is a mapping")
     return value
 
@@ -209,10 +229,10 @@ class PrefixRun:
             def hook(module, args, kwargs):
                 if self._calls[index] is not None:
                     raise RuntimeError(f"decoder layer {index} ran twice in one forward pass")
-                if len(args) > 1 or (not args and "hidden_states" not in kwargs):
-                    raise RuntimeError(f"decoder layer {index} was called with {len(args)} positional arguments; expected the hidden states alone")
-                rest = dict(kwargs)
-                hidden = args[0] if args else rest.pop("hidden_states")
+                rest = _by_name(module, args, kwargs)
+                if "hidden_states" not in rest:
+                    raise RuntimeError(f"decoder layer {index} was called without its hidden states")
+                hidden = rest.pop("hidden_states")
                 self._calls[index] = rest
                 if index == 0:
                     self._first = hidden.detach()
@@ -253,6 +273,8 @@ class PrefixRun:
         """`_furthest_keys` from the token groups when planning: causal, except that an image sees its
         own later positions where the family says so (Gemma 3)."""
         n = self.n_tokens
+        if self.adapter.layer_state:  # state along the whole sequence: no suffix
+            return torch.full((n,), n - 1)
         reach = torch.arange(n)
         if self.adapter.image_sees_ahead:
             for spans in self._batch.spans:
@@ -333,7 +355,7 @@ class PrefixRun:
             return zero_logits(self.adapter, hidden.shape[0])
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, (self.last.to(hidden.device) - start).repeat(n_variants)]
-        return self.parts.unembed(self.parts.final_norm(last)).float()
+        return self.parts.read(last).float()
 
     @torch.no_grad()
     def states(self, stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -341,10 +363,11 @@ class PrefixRun:
         previous one by running one plain layer: one pass's worth of layers in all, one state held."""
         stop = self.n_layers if stop is None else stop
         hidden = self._first
+        walk: dict = {}  # the walk's own copy of state the layers write into (`_tile`)
         for index in range(stop):
             yield index, hidden
             if index + 1 < stop:
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self._layer(index, hidden, _tile(self._calls[index], self.n_rows, 1, walk))
 
     @torch.no_grad()
     def resume(self, layer: int, hidden: torch.Tensor, n_variants: int = 1) -> torch.Tensor:
@@ -494,12 +517,14 @@ class PrefixRun:
         joins = {j: first_layers[j] if branches[j] is None else branches[j][1] for j in group}
         waiting = sorted(group, key=lambda j: (joins[j], branches[j] is not None))  # a variant joins before its branches
         hidden = self._first
+        walk: dict = {}
         for index in range(self.n_layers):
+            plain = _tile(self._calls[index], self.n_rows, 1, walk)
             if not suffix and index < joins[waiting[0]]:
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self._layer(index, hidden, plain)
                 continue
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
-                following = self._layer(index, hidden, self._calls[index])
+                following = self._layer(index, hidden, plain)
             while waiting and joins[waiting[0]] == index:
                 j = waiting.pop(0)
                 # the state is replaced, never written in place, after each layer: the two may hold one tensor
@@ -761,16 +786,18 @@ class PrefixRun:
         active: list[int] = []
         columns: list[torch.Tensor] = []  # `[B, 1, d]` each: variant active[v]'s final position
         hidden = self._first
+        walk: dict = {}
         for index in range(self.n_layers):
+            plain = _tile(self._calls[index], self.n_rows, 1, walk)
             if self._final is not None:  # kept by the recorded pass
                 final_input, kept["kv"] = self._final[index]
             elif not active and index < first_layers[waiting[0]]:  # no variant acts yet
-                hidden = self._layer(index, hidden, self._calls[index])
+                hidden = self._layer(index, hidden, plain)
                 continue
             else:
                 final_input = hidden[:, -1:]
                 with wrap_text_attention(self.model, keep, "a last-position sweep"):  # the last layer too: its keys
-                    hidden = self._layer(index, hidden, self._calls[index])
+                    hidden = self._layer(index, hidden, plain)
             while waiting and first_layers[waiting[0]] == index:
                 active.append(waiting.pop(0))
                 columns.append(final_input)
@@ -790,7 +817,7 @@ class PrefixRun:
             return zero_logits(self.adapter, n, self.n_rows)
         logits = None
         for first in range(0, n, per_pass):
-            chunk = self.parts.unembed(self.parts.final_norm(torch.cat(columns[first : first + per_pass], 1))).float()
+            chunk = self.parts.read(torch.cat(columns[first : first + per_pass], 1)).float()
             if logits is None:  # written in place, chunk by chunk: the logits are held once, not twice
                 logits = chunk.new_empty(n, self.n_rows, chunk.shape[-1])
             logits[torch.tensor(active[first : first + per_pass])] = chunk.transpose(0, 1)
@@ -852,9 +879,12 @@ def _sizes(adapter) -> tuple[int, int, int]:
     """(hidden size, MLP width, key-value width) of the text model."""
     text = adapter.model.config.get_text_config()
     parts = adapter.parts
-    d = int(getattr(text, "hidden_size", parts.n_heads * parts.head_dim))
+    head_dim = max(parts.head_dims)
+    d = int(getattr(text, "hidden_size", parts.n_heads * head_dim))
     ffn = int(getattr(text, "intermediate_size", None) or 4 * d)
-    kv = int(getattr(text, "num_key_value_heads", None) or parts.n_heads) * parts.head_dim
+    # the widest layer's keys (layers may differ: Gemma 4; layers reusing another's keys have no k_proj)
+    projections = [parts.attn(l).k_proj for l in range(parts.n_layers) if hasattr(parts.attn(l), "k_proj")]
+    kv = max((int(p.out_features) for p in projections), default=parts.n_heads * head_dim)
     return d, ffn, kv
 
 
@@ -888,7 +918,7 @@ def max_variants(adapter, n_tokens: int, n_queries: int | None = None, row_extra
     room = _plain_pass_size(adapter, n_tokens)
     if n_queries == n_tokens:
         return max(1, room // (n_tokens * per_token + row_extra))
-    resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * parts.head_dim) + row_extra
+    resumed = n_queries * per_token + 2 * n_tokens * (kv + parts.n_heads * max(parts.head_dims)) + row_extra
     return max(1, int(SUFFIX_SHARE * room) // resumed)
 
 

@@ -39,7 +39,7 @@ def check_measurable(adapter, batch: Batch, tolerance: float | None = None) -> N
     label = f"model {adapter.name!r} ({adapter.model.config.model_type}, no family file)"
     trace = capture_residuals(adapter, batch, "last")
     n_layers = trace.n_layers
-    after = trace.post + (trace.gap if trace.gap is not None else 0)
+    after = trace.out + (trace.gap if trace.gap is not None else 0)
     following = torch.cat([trace.pre[1:], trace.final[None]])
     for layer in range(n_layers):
         gap = _gap(after[layer], following[layer])

@@ -54,11 +54,25 @@ class DecoderParts:
     final_norm: nn.Module
     unembed: nn.Module
     n_heads: int
-    head_dim: int
+    #: each layer's head width (Gemma 4's full-attention layers have wider heads than its sliding ones)
+    head_dims: tuple[int, ...]
+    #: the model's own soft cap on its output logits (`cap * tanh(logits / cap)`; Gemma 2 and 4), or None
+    softcap: float | None = None
 
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    def head_dim(self, layer: int) -> int:
+        return self.head_dims[layer]
+
+    def read(self, resid: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of residual vectors (`[..., d]`): the final norm, the unembedding and the
+        model's soft cap, as the model computes its own logits."""
+        logits = self.unembed(self.final_norm(resid))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     def o_proj(self, layer: int) -> nn.Linear:
         return self.layers[layer].self_attn.o_proj
@@ -97,6 +111,17 @@ class ModelAdapter:
     gap_component: ClassVar[str] = ""
     #: image positions attend to later positions of the same image (Gemma 3's bidirectional image attention)
     image_sees_ahead: ClassVar[bool] = False
+    #: residual writers inside a decoder layer after its MLP (Gemma 4's per-layer input), in the order the
+    #: layer adds them: (the layer's submodule whose output is the write, the component name the lens reports)
+    late_writers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: a buffer of each decoder layer that scales the layer's whole output (Gemma 4's `layer_scalar`); the
+    #: lens reports what the scaling changes, (scale - 1) × the layer's sum, as the component "layer_scale"
+    layer_scale: ClassVar[str] = ""
+    #: a decoder-layer argument that layers write into as the pass goes (Gemma 4's `shared_kv_states`, the keys
+    #: and values later layers reuse): every resumed pass gets its own copy, and since it runs along the whole
+    #: sequence, no sweep can cut the pass to a suffix (suffix, last-position and paired sweeps do not apply;
+    #: found from the layers' arguments in a real run, declared here for planning)
+    layer_state: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model
@@ -104,6 +129,8 @@ class ModelAdapter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.name = name or getattr(model.config, "_name_or_path", "") or self.family
         self.parts = find_decoder_parts(model)
+        #: the declared writers after the MLP that this model's layers have (a Gemma 4 without per-layer inputs has none)
+        self.late = tuple((module, name) for module, name in self.late_writers if hasattr(self.parts.layers[0], module))
         self.image_token_id = self._image_token_id()
         #: when set, passes are counted instead of run (`models/ledger.py`, `mllm-arb plan`)
         self.ledger = None
@@ -127,6 +154,12 @@ class ModelAdapter:
 
     def mlp_writer(self, layer: int) -> nn.Module:
         return getattr(self.parts.layers[layer], self.mlp_output_module)
+
+    def components(self) -> tuple[str, ...]:
+        """The residual writers of each decoder layer, in the order they write: attention, MLP, the
+        family's writers after the MLP, its layer scale, then what the model writes between layers."""
+        late = tuple(name for _, name in self.late) + (("layer_scale",) if self.layer_scale else ())
+        return ("attn", "mlp") + late + ((self.gap_component or self.gap_writer,) if self.gap_writer else ())
 
     # ---------------------------------------------------------------- prompts
     def prompt_text(self, sample: Sample) -> str:
@@ -211,9 +244,14 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
         raise UserError(f"{type(model).__name__}: the model has no output embedding (lm_head)")
     text_cfg = model.config.get_text_config()
     n_heads = int(text_cfg.num_attention_heads)
-    o_in = layers[0].self_attn.o_proj.in_features
-    head_dim = int(getattr(text_cfg, "head_dim", None) or o_in // n_heads)
-    if n_heads * head_dim != o_in:
-        raise UserError(f"o_proj takes {o_in} features, not heads × head_dim = {n_heads} × {head_dim}")
-    return DecoderParts(layers=layers, text_model=owner, final_norm=owner.norm, unembed=unembed, n_heads=n_heads, head_dim=head_dim)
+    head_dims = []
+    for index, layer in enumerate(layers):
+        o_in = layer.self_attn.o_proj.in_features
+        head_dim = int(getattr(layer.self_attn, "head_dim", None) or getattr(text_cfg, "head_dim", None) or o_in // n_heads)
+        if n_heads * head_dim != o_in:
+            raise UserError(f"decoder layer {index}: o_proj takes {o_in} features, not heads × head_dim = {n_heads} × {head_dim}")
+        head_dims.append(head_dim)
+    softcap = getattr(text_cfg, "final_logit_softcapping", None)
+    return DecoderParts(layers=layers, text_model=owner, final_norm=owner.norm, unembed=unembed, n_heads=n_heads,
+                        head_dims=tuple(head_dims), softcap=float(softcap) if softcap else None)
 

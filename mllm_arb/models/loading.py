@@ -13,6 +13,7 @@ import torch
 from ..core.errors import UserError
 from .adapter import ModelAdapter
 from .gemma3 import Gemma3Adapter
+from .gemma4 import Gemma4Adapter
 from .glm4v import Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
@@ -32,6 +33,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,
+    Gemma4Adapter,
     InternVLAdapter,
 )
 TINY_PREFIX = "tiny:"

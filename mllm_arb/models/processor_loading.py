@@ -86,8 +86,21 @@ def _load_without_video(path: Path, processor_class: type[ProcessorMixin]) -> Pr
     guarded = _without_video(processor_class)
     # get_processor_dict gathers the processor's own settings and chat template the way from_pretrained does.
     processor_dict, _ = guarded.get_processor_dict(path)
+    for name in guarded.get_attributes():
+        if name not in parts:  # another sub-processor (Gemma 4's audio feature extractor), nested in processor_config.json
+            parts[name] = _nested(processor_dict.pop(name, None), name, path)
     args = [parts[name] for name in guarded.get_attributes()]
     return guarded.from_args_and_dict(args, processor_dict)
+
+
+def _nested(settings, name: str, path: Path):
+    """A sub-processor saved as a dictionary inside processor_config.json, built by the class it names."""
+    import transformers
+
+    kind = (settings or {}).get(f"{name}_type") or (settings or {}).get("feature_extractor_type")
+    if not kind or not hasattr(transformers, kind):
+        raise ValueError(f"the processor in {path} has no usable {name} settings in processor_config.json")
+    return getattr(transformers, kind).from_dict(settings)
 
 
 def _without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "idefics3", "gemma3", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -182,6 +182,18 @@ _GEMMA3_TEMPLATE = (  # google/gemma-3-*-it
     "{{ '<end_of_turn>\n' }}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
 )
+_GEMMA4_TEMPLATE = (  # google/gemma-4-*-it: <|turn>role ... <turn|> turns, images as the <|image|> placeholder
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<|turn>' + role + '\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<|image|>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<turn|>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|turn>model\n' }}{%- endif -%}"
+)
 _INTERNVL_TEMPLATE = (  # OpenGVLab/InternVL3-*-hf
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -209,6 +221,7 @@ class _Family:
     build: Callable  # (tokenizer) -> (config, image_processor, processor_class, processor_kwargs)
     generation_eos: tuple[str, ...] = ()
     padding_side: str = "left"  # batched scoring reads the last position: pad on the left
+    learnt: Callable | None = None  # (model) -> None: sets weights a real checkpoint learns away from their init
 
 
 def _text(model_type: str, tok, **extra) -> dict:
@@ -491,6 +504,46 @@ def _build_gemma3(tok):
     return config, ip, Gemma3Processor, dict(image_seq_length=tokens)
 
 
+def _build_gemma4(tok):
+    from transformers import Gemma4AudioFeatureExtractor, Gemma4Config, Gemma4ImageProcessorPil, Gemma4Processor
+
+    # The real image processor's smallest budget is 70 soft tokens: 2-px patches, pooled 3x3, a square
+    # image of 48 px -> 24x24 patches -> 64 tokens, bidirectional inside the image as in the real model.
+    patch, pool = 2, 3
+    layer_types = ["sliding_attention", "full_attention"] * 2
+    config = Gemma4Config(
+        text_config=_text(
+            "gemma4_text", tok,
+            num_hidden_layers=4, layer_types=layer_types, sliding_window=128,
+            # what makes Gemma 4 itself: a per-layer input written after the MLP, wider heads in the full
+            # attention layers (keys serving as values there), the last layers reusing earlier layers' keys
+            # and values, soft-capped logits
+            hidden_size_per_layer_input=8, vocab_size_per_layer_input=_vocab_size(tok), global_head_dim=2 * HEAD_DIM,
+            num_global_key_value_heads=1, attention_k_eq_v=True, num_kv_shared_layers=2, final_logit_softcapping=30.0,
+            use_bidirectional_attention="vision",
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+            },
+        ),
+        vision_config=dict(hidden_size=V_HIDDEN, intermediate_size=V_FFN, num_hidden_layers=1, num_attention_heads=V_HEADS,
+                           num_key_value_heads=V_HEADS, head_dim=V_HIDDEN // V_HEADS, patch_size=patch, pooling_kernel_size=pool,
+                           position_embedding_size=64),
+        boi_token_id=tok.boi_token_id, eoi_token_id=tok.eoi_token_id, image_token_id=tok.image_token_id,
+        boa_token_id=tok.boa_token_id, eoa_token_index=tok.eoa_token_id, audio_token_id=tok.audio_token_id,
+        video_token_id=tok.convert_tokens_to_ids("<|video|>"), audio_config=None,
+    )  # fmt: skip
+    ip = Gemma4ImageProcessorPil(patch_size=patch, pooling_kernel_size=pool, max_soft_tokens=70)
+    return config, ip, Gemma4Processor, dict(image_seq_length=70, feature_extractor=Gemma4AudioFeatureExtractor())
+
+
+@torch.no_grad()
+def _gemma4_layer_scales(model) -> None:
+    """Layer scales away from their initial 1, as trained ones are, so that the scale is a real writer."""
+    for index, layer in enumerate(model.model.language_model.layers):
+        layer.layer_scalar.fill_(0.6 + 0.25 * index)
+
+
 def _build_internvl(tok):
     from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLProcessor
 
@@ -576,6 +629,14 @@ FAMILIES: dict[str, _Family] = {
         chat_template=_GEMMA3_TEMPLATE, build=_build_gemma3,
         generation_eos=("<eos>", "<end_of_turn>"),
     ),  # fmt: skip
+    "gemma4": _Family(
+        bos="<bos>", eos="<eos>", pad="<pad>", add_bos=True,
+        named_tokens={"boi_token": "<|image>", "eoi_token": "<image|>", "image_token": "<|image|>",
+                      "boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>"},
+        extra_tokens=("<|turn>", "<turn|>", "<|video|>"),
+        chat_template=_GEMMA4_TEMPLATE, build=_build_gemma4, learnt=_gemma4_layer_scales,
+        generation_eos=("<eos>", "<turn|>"),
+    ),  # fmt: skip
     "internvl": _Family(
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
         named_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
@@ -607,6 +668,8 @@ def save_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
+        if spec.learnt is not None:
+            spec.learnt(model)
     eos_ids = _ids(tok, *(spec.generation_eos or (spec.eos,)))
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id,
@@ -636,5 +699,8 @@ def _save_without_video(processor, processor_class, processor_kwargs: dict, out:
     processor.tokenizer.save_pretrained(out)
     processor.image_processor.save_pretrained(out)
     (out / "chat_template.jinja").write_text(processor.chat_template, encoding="utf-8")
-    config = {"processor_class": processor_class.__name__, **processor_kwargs}
+    # the other sub-processors (Gemma 4's audio feature extractor) nest in processor_config.json, as
+    # transformers itself writes them
+    settings = {k: json.loads(v.to_json_string()) if hasattr(v, "to_json_string") else v for k, v in processor_kwargs.items()}
+    config = {"processor_class": processor_class.__name__, **settings}
     (out / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -175,15 +175,30 @@ def test_a_suffix_sweep_equals_full_forwards_and_never_starts_inside_a_bidirecti
     touched = (torch.arange(n_tok) >= middle).expand(n_rows, n_tok)
     run = PrefixRun(adapter, batch)
     start = run.start_for(touched)
-    if family == "gemma3":
-        assert start <= min(f for f, _ in _image_rows(batch)) < middle
-    else:
-        assert start == middle
     heads = [(0, 0), (1, 1), (0, 1)]
     cut = touched[:, start:]
 
     def intervene(js):
         return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads([heads[j]], 0.0, variant_rows(n_rows, len(js), v, cut))])
+
+    if adapter.layer_state:
+        # Gemma 4's layers pass keys and values along the whole sequence: no suffix; whole passes resumed
+        # at each variant's first layer, stacked, each with its own copy of that state, equal full forwards
+        assert start == 0
+        out = run.sweep([l for l, _ in heads], [0] * len(heads), intervene, per_pass=2)
+        for j, head in enumerate(heads):
+            with edit_heads(adapter, scale_heads([head], 0.0, positions=touched)):
+                torch.testing.assert_close(out[j], adapter.last_logits(batch), **TOL)
+        # the edited passes rewrote the keys and values layers 0 and 1 hand on, in copies: a pass resumed
+        # at layer 2, which reads them, still gives the plain logits, unstacked and stacked
+        layer, hidden = list(run.states(3))[2]
+        for n_variants in (1, 2):
+            torch.testing.assert_close(run.resume(layer, hidden, n_variants), run.logits.repeat(n_variants, 1), **TOL)
+        return
+    if family == "gemma3":
+        assert start <= min(f for f, _ in _image_rows(batch)) < middle
+    else:
+        assert start == middle
 
     for per_pass, group_size in ((None, None), (2, 2)):
         done = []
@@ -228,6 +243,10 @@ def test_a_last_position_sweep_equals_full_forwards_from_a_walk_or_from_the_reco
         return edit_heads(adapter, [e for v, j in enumerate(js) for e in scale_heads(edits[j][0], edits[j][1], variant_columns(len(js), v, last[:, -1:]))])
 
     plain = adapter.last_logits(batch)
+    if adapter.layer_state:  # keys and values passed along the whole sequence: no final position alone
+        with pytest.raises(ValueError, match="no earlier position sees"):
+            PrefixRun(adapter, batch).last_sweep([0], intervene)
+        return
     for run in (PrefixRun(adapter, batch), PrefixRun(adapter, batch, keep_final=True), PrefixRun(adapter, batch, keep_final=True, grad=True)):
         torch.testing.assert_close(run.logits, plain, **TOL)
         assert run.last_is_final
@@ -331,7 +350,10 @@ def test_batched_knockout_sweep_equals_one_forward_per_window(tiny, family, monk
         columns.clear()
         fast = knockout_rows(adapter, samples, plan, batch_size=3, variants=4)
         # every (edge into last, distinct window) of the conflict batch: windows clipped to the same layers run once
-        assert max(columns) == into_last * len({tuple(layers) for _, layers in plan.windows()})
+        if adapter.layer_state:  # no final position alone (Gemma 4): every knockout resumes whole passes
+            assert not columns
+        else:
+            assert max(columns) == into_last * len({tuple(layers) for _, layers in plan.windows()})
         assert _sweep_keys(fast) == _sweep_keys(naive)
         assert any(r["delta"] != 0 for r in naive)
         for a, b in zip(fast, naive):
@@ -388,6 +410,9 @@ def test_knockouts_branching_off_another_give_the_same_bits(tiny, family, monkey
     real = PrefixRun.suffix_sweep
     monkeypatch.setattr(PrefixRun, "suffix_sweep", lambda self, *a, **k: calls.append(k["branches"]) or real(self, *a, **k))
     branched = knockout_rows(adapter, samples, plan, batch_size=3)
+    if adapter.layer_state:  # no suffixes to branch (Gemma 4)
+        assert not calls
+        return
     assert calls and all(sum(b is not None for b in branches) >= adapter.parts.n_layers - 1 for branches in calls)
     monkeypatch.setattr(flow, "knockout_branches", lambda todo: None)
     alone = knockout_rows(adapter, samples, plan, batch_size=3)
@@ -491,6 +516,9 @@ def test_paired_batches_of_the_same_items_equal_each_batch_alone_and_one_forward
     adapter, preps = tiny(family)
     tf, vf = _settings_pair(preps)
     run, run_other = PrefixRun(adapter, tf.batch), PrefixRun(adapter, vf.batch)
+    if adapter.layer_state:  # no suffix, so nothing to pair (Gemma 4)
+        assert run.shared_prefix(run_other) is None
+        return
     start, offsets = run.shared_prefix(run_other)
     pads = vf.batch.inputs["input_ids"].shape[1] - vf.batch.inputs["attention_mask"].sum(1)
     assert int(pads.max()) < start < run_other.n_tokens and offsets.shape == (len(vf.batch),)
@@ -527,6 +555,8 @@ def test_paired_batches_give_each_batch_the_bits_it_gets_alone(tiny, family):
     adapter, preps = tiny(family)
     tf, vf = _settings_pair(preps)
     run, run_other = PrefixRun(adapter, tf.batch), PrefixRun(adapter, vf.batch)
+    if adapter.layer_state:  # nothing to pair (above)
+        return
     start, _ = run.shared_prefix(run_other)
     first = run_other.query_start(start)
     assert 0 <= first <= start and run_other.query_start(start) == first  # measured once

@@ -127,7 +127,7 @@ def test_steer_heads_on_plain_model_and_head_records(loaded):
     with steer_heads(adapter.model, heads, 2.5):  # a bare model: the decoder is found by introspection
         assert torch.equal(logits(adapter, batch), expected)
     outs = head_outputs(adapter, batch, [0, 1])
-    assert outs[1].shape == (*batch.inputs["input_ids"].shape, adapter.parts.n_heads, adapter.parts.head_dim)
+    assert outs[1].shape == (*batch.inputs["input_ids"].shape, adapter.parts.n_heads, adapter.parts.head_dim(1))
     # attribution patching needs gradients at the head outputs
     with record_heads(adapter, [1], detach=False) as record:
         out = adapter.model(**batch.inputs, use_cache=False).logits
@@ -238,19 +238,26 @@ def test_lens_reproduces_logits_and_decomposes_the_residual(loaded, family):
         trace = capture_residuals(adapter, batch, positions)
         assert trace.pre.shape[:2] == (adapter.parts.n_layers, len(batch))
         torch.testing.assert_close(lens_logits(adapter, trace.final), trace.logits, atol=1e-5, rtol=1e-5)
-        # embeddings + every attention, MLP and between-layer write = the final residual
+        # embeddings + every attention, MLP, late (Gemma 4's per-layer input and layer scale) and
+        # between-layer write = the final residual
         gap = trace.gap if trace.gap is not None else torch.zeros_like(trace.pre)
-        assert (trace.gap is not None) == bool(adapter.gap_writer) and trace.sublayers[: 2] == ("attn", "mlp")
-        rebuilt = trace.pre[0] + trace.attn.sum(0) + trace.mlp.sum(0) + gap.sum(0)
+        assert (trace.gap is not None) == bool(adapter.gap_writer) and trace.sublayers == adapter.components()
+        assert list(trace.late) == [name for _, name in adapter.late] + (["layer_scale"] if adapter.layer_scale else [])
+        late = sum((w for w in trace.late.values()), torch.zeros_like(trace.pre))
+        if trace.late:  # each a real write, not a rounding
+            assert all(w.abs().amax() > 1e-3 for w in trace.late.values())
+        rebuilt = trace.pre[0] + trace.attn.sum(0) + trace.mlp.sum(0) + late.sum(0) + gap.sum(0)
         torch.testing.assert_close(rebuilt, trace.final, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(trace.post[:-1] + gap[:-1], trace.pre[1:])
-        torch.testing.assert_close(lens_logits(adapter, trace.post[-1] + gap[-1]), trace.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(trace.out[:-1] + gap[:-1], trace.pre[1:])
+        torch.testing.assert_close(trace.stream()[-1], trace.final, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lens_logits(adapter, trace.out[-1] + gap[-1]), trace.logits, atol=1e-5, rtol=1e-5)
         if adapter.gap_writer:  # DeepStack writes at image positions in the first layers, nowhere else
             assert (gap.abs().sum(-1) > 0).any().item() == (positions == "image")
     assert torch.equal(trace.positions[trace.valid], batch.group_mask("instruction").nonzero()[:, 1])
     ids = [answer_ids(adapter.tokenizer, s) for s in samples]
     contrib = component_contributions(adapter, batch, [a.following for a in ids], [a.competitor for a in ids])
-    assert contrib.sublayers == ("attn", "mlp") + ((adapter.gap_component,) if adapter.gap_writer else ())
+    assert contrib.sublayers == adapter.components()
+    assert adapter.components()[-1:] == ((adapter.gap_component,) if adapter.gap_writer else adapter.components()[-1:])
     assert contrib.following.shape == (len(batch), 1, adapter.parts.n_layers, len(contrib.sublayers))
     telescoped = contrib.start_following + contrib.following.sum((-1, -2))
     torch.testing.assert_close(telescoped, contrib.final_following, atol=1e-4, rtol=1e-5)

@@ -63,7 +63,7 @@ def test_decoder_parts_are_found_by_introspection():
     adapter = load_adapter("tiny:qwen2_vl")
     parts = adapter.parts
     assert parts.n_layers == adapter.model.config.get_text_config().num_hidden_layers
-    assert parts.o_proj(0).in_features == parts.n_heads * parts.head_dim
+    assert all(parts.o_proj(l).in_features == parts.n_heads * parts.head_dim(l) for l in range(parts.n_layers))
     assert parts.unembed is adapter.model.get_output_embeddings()
 
 

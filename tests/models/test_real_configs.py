@@ -23,6 +23,7 @@ REAL = {
     "internvl3_8b": ("OpenGVLab/InternVL3-8B-hf", "internvl", "internvl"),
     "smolvlm": ("HuggingFaceTB/SmolVLM-Instruct", "idefics3", "idefics3"),
     "gemma3_4b": ("google/gemma-3-4b-it", "gemma3", "gemma3"),
+    "gemma4_e4b": ("google/gemma-4-e4b-it", "gemma4", "gemma4"),
     "qwen3_vl_8b": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "qwen3_vl"),
     "qwen3_vl_30b_a3b": ("Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe", "qwen3_vl_moe"),
     "glm4_1v_9b": ("zai-org/GLM-4.1V-9B-Thinking", "glm4v", "glm4v"),

@@ -110,6 +110,7 @@ def test_chat_template_mimics_the_family(tiny):
         "idefics3": "User:<image>What color is the umbrella?<end_of_utterance>\nAssistant:",
         "gemma3": "<start_of_turn>user\n<start_of_image>What color is the umbrella?<end_of_turn>\n"
         "<start_of_turn>model\n",
+        "gemma4": "<|turn>user\n<|image|>What color is the umbrella?<turn|>\n<|turn>model\n",
         "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>What color is the umbrella?<|assistant|>\n",
     }
@@ -120,7 +121,7 @@ def test_chat_template_mimics_the_family(tiny):
 def test_image_token_id_names_the_family_token(tiny):
     family, _, model, processor = tiny
     expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")} | {"gemma3": "<image_soft_token>"}
-    expected["internvl"], expected["glm4v"] = "<IMG_CONTEXT>", "<|image|>"
+    expected["internvl"], expected["glm4v"], expected["gemma4"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>"
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")
     # Gemma 3's processor names the begin-of-image token instead: take the id from the model config.

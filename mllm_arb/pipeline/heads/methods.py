@@ -120,7 +120,7 @@ class Removal:
 def head_means(adapter: ModelAdapter, preps: Sequence[Prepared], positions: str) -> dict[Head, torch.Tensor]:
     """Mean output of every head over the given positions of the (ranking-split) batches."""
     parts = adapter.parts
-    sums = torch.zeros(parts.n_layers, parts.n_heads, parts.head_dim, dtype=torch.float64)
+    sums = [torch.zeros(parts.n_heads, parts.head_dim(l), dtype=torch.float64) for l in range(parts.n_layers)]
     count = 0
     for p in preps:
         mask = position_mask(p.batch, positions)
@@ -131,8 +131,8 @@ def head_means(adapter: ModelAdapter, preps: Sequence[Prepared], positions: str)
         count += int(mask.sum())
     if count == 0:
         raise ValueError(f"no {positions} positions in the ranking split to take head means over")
-    means = (sums / count).to(adapter.model.dtype)
-    return {(l, h): means[l, h] for l in range(parts.n_layers) for h in range(parts.n_heads)}
+    means = [(layer_sums / count).to(adapter.model.dtype) for layer_sums in sums]
+    return {(l, h): means[l][h] for l in range(parts.n_layers) for h in range(parts.n_heads)}
 
 
 def log_odds_under(adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadEdit] = ()) -> torch.Tensor:
@@ -504,7 +504,7 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
                     g = torch.autograd.grad(adapter.attn_writer(l)(x), x, grad_outputs=g_final)[0]
             with torch.no_grad():
                 w = parts.o_proj(l).weight  # [d, H * D]: head h writes W[:, h-slice] @ a_h
-                back = (g.to(w.dtype) @ w).reshape(len(batch), parts.n_heads, parts.head_dim)
+                back = (g.to(w.dtype) @ w).reshape(len(batch), parts.n_heads, parts.head_dim(l))
                 a = rec[l][rows, last]  # [B, H, D]
                 scores[:, l] = (a * back).sum(-1).float().cpu()
         out.append(scores)
