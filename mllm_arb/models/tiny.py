@@ -517,9 +517,10 @@ def _build_gemma4(tok):
             num_hidden_layers=4, layer_types=layer_types, sliding_window=128,
             # what makes Gemma 4 itself: a per-layer input written after the MLP, wider heads in the full
             # attention layers (keys serving as values there), the last layers reusing earlier layers' keys
-            # and values, soft-capped logits
+            # and values, soft-capped logits (real: 30 on logits in the tens; 2 here, on a random model's
+            # logits below 1, so that the cap bends them as much)
             hidden_size_per_layer_input=8, vocab_size_per_layer_input=_vocab_size(tok), global_head_dim=2 * HEAD_DIM,
-            num_global_key_value_heads=1, attention_k_eq_v=True, num_kv_shared_layers=2, final_logit_softcapping=30.0,
+            num_global_key_value_heads=1, attention_k_eq_v=True, num_kv_shared_layers=2, final_logit_softcapping=2.0,
             use_bidirectional_attention="vision",
             rope_parameters={
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
