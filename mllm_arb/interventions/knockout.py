@@ -5,12 +5,23 @@ How (and why this way): the knockout edits the mask the model itself built, insi
 Gemma 3's bidirectional attention inside images, sliding windows, padding, and Qwen2-VL's 3-D rotary
 positions (which a hand-made 4-D mask would break). In the chosen layers (`module.layer_idx`) the
 wrapper ANDs the knockout into the mask it receives; elsewhere it passes straight through.
+
+Linear-attention layers (Qwen3.5's gated DeltaNet) have no mask: every position reads one recurrent
+state that every earlier position wrote into. There, knocking out the edges from sources to targets
+means: the targets' output is what it would be had the source positions written nothing into the
+state, short convolution included: at a source the state neither decays nor takes a write (β = 0,
+g = 0, through the model's own `in_proj_b` and `in_proj_a`, set to -inf there), and the source's
+projections reach no other position's query, key or value through the convolution (`in_proj_qkv`'s
+output zeroed there). The mixer runs a second time under those edits and the targets' rows are taken
+from that run; every other row keeps the plain run's output, as an attention knockout leaves every
+other row's attention alone. This holds only when every target is cut from the same sources and no
+position is both: otherwise the knockout is refused (`skip_sources`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -120,6 +131,43 @@ class _Knockout:
 
 
 @contextmanager
+def skipping_sources(mixer: torch.nn.Module, sources: torch.Tensor) -> Iterator[None]:
+    """Inside the block, the linear-attention `mixer` (a gated DeltaNet) runs as if the `[B, T]` `sources`
+    positions wrote nothing into its recurrent state (see the module docstring), through forward hooks on
+    its own projections."""
+    def at_sources(value: float):
+        def hook(module, args, output):
+            where = sources.to(output.device)[..., None]
+            if where.shape[:2] != output.shape[:2]:
+                raise ValueError(f"sources over {tuple(sources.shape)} positions for a mixer input of {tuple(output.shape[:2])}")
+            return output.masked_fill(where, value)
+
+        return hook
+
+    handles = [mixer.in_proj_qkv.register_forward_hook(at_sources(0.0)),
+               mixer.in_proj_b.register_forward_hook(at_sources(float("-inf"))),  # β = sigmoid(-inf) = 0: no write
+               mixer.in_proj_a.register_forward_hook(at_sources(float("-inf")))]  # g ∝ softplus(-inf) = 0: no decay
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def linear_edges(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sources, targets)`, each `[B, T]`, of a `[B, T, T]` blocked-entry mask that a linear-attention layer
+    can knock out exactly: every target cut from every source, no position both. Raises `UserError`
+    otherwise, or for a per-head mask (a linear-attention layer mixes with one state for all heads' rows)."""
+    if block.dim() != 3:
+        raise UserError("a per-head knockout cannot apply to a linear-attention layer: its positions share one recurrent state")
+    targets, sources = block.any(-1), block.any(-2)
+    if (targets & sources).any() or not torch.equal(block, targets[:, :, None] & sources[:, None, :]):
+        raise UserError("a linear-attention layer can only knock out every target from the same sources, no position being "
+                        "both (the targets' state is recomputed without the sources' writes); this knockout is not of that form")
+    return sources, targets
+
+
+@contextmanager
 def knock_out(adapter, batch: Batch, edges: Sequence[tuple[str, str]], layers: Iterable[int]) -> Iterator[torch.Tensor]:
     """Within the block, rows of group `dst` may not attend to columns of group `src` for every edge
     `(src, dst)`, in the decoder layers `layers` only, for forward passes over `batch` (same rows).
@@ -149,12 +197,43 @@ def knock_out_rows(adapter, block: torch.Tensor, row_layers: Sequence[Iterable[i
         raise UserError(f"layers {bad} out of range: the text decoder has {parts.n_layers} layers")
     for i, layer in enumerate(parts.layers):
         # The attention function only sees the attention module; its `layer_idx` must be the layer's index.
-        if getattr(layer.self_attn, "layer_idx", None) != i:
+        if i not in parts.linear and getattr(layer.self_attn, "layer_idx", None) != i:
             raise UserError(f"{type(layer.self_attn).__name__} of layer {i} does not carry layer_idx={i}")
+    linear = sorted({l for ls in row_layers for l in ls} & parts.linear)
+    if linear:
+        linear_edges(block)  # refused before any pass where the form does not allow it
     if adapter.ledger is not None:  # planning: the passes are counted, nothing is masked
         yield
         return
     ko = _Knockout(block, row_layers)
-    with wrap_text_attention(model, ko.attention, "attention knockout") as root:
+    with ExitStack() as stack:
+        root = stack.enter_context(wrap_text_attention(model, ko.attention, "attention knockout"))
         ko.root_impl = root
+        for layer in linear:
+            stack.callback(parts.attn(layer).register_forward_hook(_linear_knockout(ko, layer), with_kwargs=True).remove)
         yield
+
+
+def _linear_knockout(ko: _Knockout, layer: int):
+    """A forward hook on the linear-attention mixer of `layer`: the rows knocked out there take the
+    mixer's output recomputed without the sources' writes (the module docstring)."""
+    busy = []
+
+    def hook(module, args, kwargs, output):
+        rows = ko.rows_at(layer)
+        if rows is None or busy:
+            return None
+        block = ko.block.to(output.device) & rows.to(output.device)[:, None, None]
+        if block.shape[1] != output.shape[1]:
+            raise ValueError(f"a knockout over {block.shape[1]} positions for a linear-attention pass over {output.shape[1]}")
+        sources, targets = linear_edges(block)
+        busy.append(True)
+        try:
+            # a whole-sequence pass from an empty state: a cache would hand the recurrence the plain run's state
+            with skipping_sources(module, sources):
+                knocked = module(*args, **{**kwargs, "cache": None})
+        finally:
+            busy.clear()
+        return torch.where(targets[..., None], knocked, output)
+
+    return hook

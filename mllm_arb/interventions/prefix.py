@@ -295,11 +295,13 @@ class PrefixRun:
     def _furthest_keys(self) -> torch.Tensor:
         """`[T]`: the furthest key any query at or before position t may see in any layer and row;
         all `T - 1` (no suffix possible) when some layer's arguments cannot be cut to a suffix."""
+        n = self.n_tokens
+        nowhere = torch.full((n,), n - 1)
+        if self.parts.linear:  # a linear-attention layer's recurrent state runs along the whole sequence
+            return nowhere
         if self.ledger is not None:
             return self._planned_reach()
-        n = self.n_tokens
         reach = torch.arange(n)  # a causal mask, and sdpa's shortcut for one (no mask)
-        nowhere = torch.full((n,), n - 1)
         for kwargs in self._calls:
             try:
                 for key, value in kwargs.items():

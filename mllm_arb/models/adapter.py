@@ -58,6 +58,8 @@ class DecoderParts:
     head_dims: tuple[int, ...]
     #: the model's own soft cap on its output logits (`cap * tanh(logits / cap)`; Gemma 2 and 4), or None
     softcap: float | None = None
+    #: layers whose token mixer is linear attention (`linear_attn`: Qwen3.5's gated DeltaNet), not `self_attn`
+    linear: frozenset[int] = frozenset()
 
     @property
     def n_layers(self) -> int:
@@ -75,10 +77,13 @@ class DecoderParts:
         return logits
 
     def o_proj(self, layer: int) -> nn.Linear:
+        if layer in self.linear:
+            raise ValueError(f"decoder layer {layer} mixes by linear attention: it has no attention heads")
         return self.layers[layer].self_attn.o_proj
 
     def attn(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
+        """The layer's token mixer: its attention, or its linear attention."""
+        return self.layers[layer].linear_attn if layer in self.linear else self.layers[layer].self_attn
 
     def mlp(self, layer: int) -> nn.Module:
         return self.layers[layer].mlp
@@ -150,6 +155,8 @@ class ModelAdapter:
 
     def attn_writer(self, layer: int) -> nn.Module:
         """The module whose output is the attention sublayer's write into the residual stream."""
+        if layer in self.parts.linear and self.attn_output_module == "self_attn":
+            return self.parts.attn(layer)
         return getattr(self.parts.layers[layer], self.attn_output_module)
 
     def mlp_writer(self, layer: int) -> nn.Module:
@@ -226,14 +233,20 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
     """Find the text decoder's layer list, final norm and unembedding by shape, not by path.
 
     Vision towers also hold lists of layers with `self_attn`; only the text decoder's attention has an
-    `o_proj`, and the longest such list under a module that also owns a `norm` is the decoder.
+    `o_proj`, and the longest such list under a module that also owns a `norm` is the decoder. Some of its
+    layers may mix by linear attention instead (`linear_attn` with an `out_proj`: Qwen3.5), not all.
     """
+
+    def attends(layer) -> bool:
+        return hasattr(getattr(layer, "self_attn", None), "o_proj")
+
+    def mixes(layer) -> bool:
+        return (attends(layer) or hasattr(getattr(layer, "linear_attn", None), "out_proj")) and hasattr(layer, "mlp")
+
     candidates = []
     for name, module in model.named_modules():
         for child_name, child in module.named_children():
-            if isinstance(child, nn.ModuleList) and len(child) and all(
-                hasattr(getattr(layer, "self_attn", None), "o_proj") and hasattr(layer, "mlp") for layer in child
-            ):
+            if isinstance(child, nn.ModuleList) and len(child) and all(mixes(l) for l in child) and any(attends(l) for l in child):
                 if hasattr(module, "norm"):
                     candidates.append((len(child), name, module, child))
     if not candidates:
@@ -245,7 +258,11 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
     text_cfg = model.config.get_text_config()
     n_heads = int(text_cfg.num_attention_heads)
     head_dims = []
+    linear = frozenset(i for i, layer in enumerate(layers) if not attends(layer))
     for index, layer in enumerate(layers):
+        if index in linear:
+            head_dims.append(0)  # no attention heads
+            continue
         o_in = layer.self_attn.o_proj.in_features
         head_dim = int(getattr(layer.self_attn, "head_dim", None) or getattr(text_cfg, "head_dim", None) or o_in // n_heads)
         if n_heads * head_dim != o_in:
@@ -253,5 +270,5 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
         head_dims.append(head_dim)
     softcap = getattr(text_cfg, "final_logit_softcapping", None)
     return DecoderParts(layers=layers, text_model=owner, final_norm=owner.norm, unembed=unembed, n_heads=n_heads,
-                        head_dims=tuple(head_dims), softcap=float(softcap) if softcap else None)
+                        head_dims=tuple(head_dims), softcap=float(softcap) if softcap else None, linear=linear)
 
