@@ -15,7 +15,7 @@ projections reach no other position's query, key or value through the convolutio
 output zeroed there). The mixer runs a second time under those edits and the targets' rows are taken
 from that run; every other row keeps the plain run's output, as an attention knockout leaves every
 other row's attention alone. This holds only when every target is cut from the same sources and no
-position is both: otherwise the knockout is refused (`skip_sources`).
+position is both: otherwise the knockout is refused (`linear_edges`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.adapter import Batch
+from ..models.adapter import LAYER_SCALE, Batch
 from .gaps import record_gaps
 
 SUBLAYERS = ("attn", "mlp")
@@ -121,14 +121,15 @@ def _written(output) -> torch.Tensor:
 def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
     """Record, during the forward passes inside, the residual pieces at `positions` (`[B, P]`).
 
-    Yields a dict filled with `pre`/`attn`/`mlp` (lists of `[B, P, d]` per layer), `final`, and `gaps`
-    (the between-layer writes, `interventions/gaps.py`).
+    Yields a dict filled with `pre`/`attn`/`mlp` (lists of `[B, P, d]` per layer), `final`, `late` (the
+    names of the writes after the MLP, each a list like `mlp`'s under its name) and `gaps` (the
+    between-layer writes, `interventions/gaps.py`).
     """
     parts = adapter.parts
     n_layers = parts.n_layers
     late = [name for _, name in adapter.late]
     record: dict = {"pre": [None] * n_layers, "attn": [None] * n_layers, "mlp": [None] * n_layers, "final": None,
-                    **{name: [None] * n_layers for name in late}}
+                    "late": late, **{name: [None] * n_layers for name in late}}
 
     def take(hidden: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
@@ -172,7 +173,7 @@ def capture_residuals(adapter, batch: Batch, positions: str | torch.Tensor | Seq
     pos, valid = resolve_positions(batch, positions)
     with record_residuals(adapter, pos) as record:
         out = adapter.model(**batch.inputs, use_cache=False)
-    late_names = [name for _, name in adapter.late]
+    late_names = record["late"]
     missing = [k for k in ("pre", "attn", "mlp", *late_names) if any(t is None for t in record[k])]
     missing += ["final"] if record["final"] is None else []
     if missing:
@@ -195,7 +196,7 @@ def capture_residuals(adapter, batch: Batch, positions: str | torch.Tensor | Seq
     if adapter.layer_scale:
         # the layer multiplies its sum by the scale: what that adds is (scale - 1) times the sum
         scale = torch.stack([getattr(layer, adapter.layer_scale).reshape(()) for layer in adapter.parts.layers])
-        trace.late["layer_scale"] = (scale.to(trace.pre.dtype) - 1).view(-1, 1, 1, 1) * trace.out
+        trace.late[LAYER_SCALE] = (scale.to(trace.pre.dtype) - 1).view(-1, 1, 1, 1) * trace.out
     return trace
 
 

@@ -273,8 +273,6 @@ class PrefixRun:
         """`_furthest_keys` from the token groups when planning: causal, except that an image sees its
         own later positions where the family says so (Gemma 3)."""
         n = self.n_tokens
-        if self.adapter.layer_state:  # state along the whole sequence: no suffix
-            return torch.full((n,), n - 1)
         reach = torch.arange(n)
         if self.adapter.image_sees_ahead:
             for spans in self._batch.spans:
@@ -297,7 +295,9 @@ class PrefixRun:
         all `T - 1` (no suffix possible) when some layer's arguments cannot be cut to a suffix."""
         n = self.n_tokens
         nowhere = torch.full((n,), n - 1)
-        if self.parts.linear:  # a linear-attention layer's recurrent state runs along the whole sequence
+        if self.parts.linear or self.adapter.layer_state:
+            # a linear-attention layer's recurrent state, or state the layers hand on (Gemma 4's shared keys
+            # and values), runs along the whole sequence (a model without a family file: found below)
             return nowhere
         if self.ledger is not None:
             return self._planned_reach()
@@ -519,14 +519,12 @@ class PrefixRun:
         joins = {j: first_layers[j] if branches[j] is None else branches[j][1] for j in group}
         waiting = sorted(group, key=lambda j: (joins[j], branches[j] is not None))  # a variant joins before its branches
         hidden = self._first
-        walk: dict = {}
         for index in range(self.n_layers):
-            plain = _tile(self._calls[index], self.n_rows, 1, walk)
             if not suffix and index < joins[waiting[0]]:
-                hidden = self._layer(index, hidden, plain)
+                hidden = self._layer(index, hidden, self._calls[index])
                 continue
             with wrap_text_attention(self.model, keep, "a suffix sweep"):  # the last layer too: its keys
-                following = self._layer(index, hidden, plain)
+                following = self._layer(index, hidden, self._calls[index])
             while waiting and joins[waiting[0]] == index:
                 j = waiting.pop(0)
                 # the state is replaced, never written in place, after each layer: the two may hold one tensor
@@ -788,18 +786,16 @@ class PrefixRun:
         active: list[int] = []
         columns: list[torch.Tensor] = []  # `[B, 1, d]` each: variant active[v]'s final position
         hidden = self._first
-        walk: dict = {}
         for index in range(self.n_layers):
-            plain = _tile(self._calls[index], self.n_rows, 1, walk)
             if self._final is not None:  # kept by the recorded pass
                 final_input, kept["kv"] = self._final[index]
             elif not active and index < first_layers[waiting[0]]:  # no variant acts yet
-                hidden = self._layer(index, hidden, plain)
+                hidden = self._layer(index, hidden, self._calls[index])
                 continue
             else:
                 final_input = hidden[:, -1:]
                 with wrap_text_attention(self.model, keep, "a last-position sweep"):  # the last layer too: its keys
-                    hidden = self._layer(index, hidden, plain)
+                    hidden = self._layer(index, hidden, self._calls[index])
             while waiting and first_layers[waiting[0]] == index:
                 active.append(waiting.pop(0))
                 columns.append(final_input)

@@ -19,6 +19,10 @@ from ..core.errors import UserError
 from ..core.prompt import GROUPS, chat_messages, token_groups
 from ..core.records import Sample
 
+#: the lens component of a layer scale (`ModelAdapter.layer_scale`)
+LAYER_SCALE = "layer_scale"
+
+
 @dataclass
 class Batch:
     """Model inputs for a list of samples, with per-row token-group positions (padding included)."""
@@ -165,7 +169,7 @@ class ModelAdapter:
     def components(self) -> tuple[str, ...]:
         """The residual writers of each decoder layer, in the order they write: attention, MLP, the
         family's writers after the MLP, its layer scale, then what the model writes between layers."""
-        late = tuple(name for _, name in self.late) + (("layer_scale",) if self.layer_scale else ())
+        late = tuple(name for _, name in self.late) + ((LAYER_SCALE,) if self.layer_scale else ())
         return ("attn", "mlp") + late + ((self.gap_component or self.gap_writer,) if self.gap_writer else ())
 
     # ---------------------------------------------------------------- prompts
