@@ -23,7 +23,7 @@ def run(model: str, repeat: int = 2) -> list[Result]:
     # a fixed "top" set reaching layer 0, as the organism's does; the random sets as `ablate` draws them
     top = tuple((layer % n_layers, (3 * layer) % n_heads) for layer in range(n))
     arms = [Arm("headline", "top", top, 0.0), *(Arm("headline", "random", hs, 0.0, seed=s) for s, hs in
-            enumerate(random_sets(n_layers, n_heads, n, 20, 0))), *(Arm("amplify", "top", top, a) for a in ALPHAS)]  # fmt: skip
+            enumerate(random_sets(adapter.parts.heads(), n, 20, 0))), *(Arm("amplify", "top", top, a) for a in ALPHAS)]  # fmt: skip
     out = []
     for positions in ("all", "last"):
         removal = Removal("zero", positions)

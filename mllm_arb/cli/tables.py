@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core import verdicts as V
+from ..core.heads_file import attention_heads
 from ..core.names import POOLED
 from ..runtime.progress import console_width
 from ..runtime.stage import StageResult
@@ -40,7 +41,8 @@ def print_ranking(console, results: dict, title: str) -> None:
     console.print(table)
     for pair, a in results["agreement"].items():
         console.print(f"{pair.replace('~', ' vs ')}: Spearman {_f(a['spearman'], '{:+.2f}')}, top-{a['n_top']} overlap {a['top_overlap']}")
-    console.print(f"* selected: {n} of {results['n_layers'] * results['n_heads']} heads")
+    total = len(attention_heads(results["n_layers"], results["n_heads"], results.get("layers_without_heads") or ()))
+    console.print(f"* selected: {n} of {total} heads")
 
 
 def print_blocking(console, results: dict, title: str) -> None:

@@ -82,6 +82,8 @@ def decoder_parts(obj) -> DecoderParts:
 def _check_head(parts: DecoderParts, layer: int, head: int) -> None:
     if not 0 <= layer < parts.n_layers:
         raise ValueError(f"layer {layer} out of range: the text decoder has {parts.n_layers} layers")
+    if layer in parts.linear:
+        raise ValueError(f"layer {layer} mixes by linear attention: it has no attention heads to edit or record")
     if not 0 <= head < parts.n_heads:
         raise ValueError(f"head {head} out of range: layers have {parts.n_heads} attention heads")
 
@@ -152,7 +154,8 @@ def steer_heads(model_or_adapter, heads: Sequence[tuple[int, int]], scale: float
 
 @contextmanager
 def record_heads(model_or_adapter, layers: Iterable[int] | None = None, detach: bool = True) -> Iterator[dict[int, torch.Tensor]]:
-    """Record per-head outputs (`{layer: [B, T, n_heads, head_dim]}`) of the forward passes run inside.
+    """Record per-head outputs (`{layer: [B, T, n_heads, head_dim]}`) of the forward passes run inside
+    (`layers`: by default every layer with attention heads).
 
     With `detach=False` the recorded tensors stay in the autograd graph (views of the o_proj input),
     so `torch.autograd.grad(metric, list(record.values()))` gives the gradients for attribution patching.
@@ -160,7 +163,7 @@ def record_heads(model_or_adapter, layers: Iterable[int] | None = None, detach: 
     `edit_heads` entered inside this block) act after the recording, so the record shows unedited outputs.
     """
     parts = decoder_parts(model_or_adapter)
-    layers = range(parts.n_layers) if layers is None else [int(l) for l in layers]
+    layers = parts.head_layers if layers is None else [int(l) for l in layers]
     record: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int):
@@ -218,7 +221,7 @@ def use_head_set(model_or_adapter, head_set: HeadSet | str | Path, scale: float 
     """
     hs = head_set if isinstance(head_set, HeadSet) else read_head_set(head_set)
     parts = decoder_parts(model_or_adapter)
-    check_model(hs, hs.model, parts.n_layers, parts.n_heads)
+    hs = check_model(hs, hs.model, parts.n_layers, parts.n_heads, layers_without_heads=parts.linear)
     if scale < 0:
         raise UserError(f"scale {scale} must be >= 0 (0 blocks, > 1 amplifies)")
     heads = hs.heads if top_k is None and top_n is None else hs.top(n_selected(hs.total, top_k, top_n))

@@ -182,6 +182,12 @@ def _mlp_at_final(module, args, kwargs):
     return _replacing(args, kwargs, "hidden_states", hidden[:, -1:])
 
 
+def whole_passes(adapter) -> bool:
+    """Whether no sweep can be cut to a suffix of the positions: a linear-attention layer's recurrent state,
+    or state the layers hand on (Gemma 4's shared keys and values), runs along the whole sequence."""
+    return bool(adapter.parts.linear or adapter.layer_state)
+
+
 class PrefixRun:
     """One plain forward pass over `batch`, recorded so that later passes can start at any layer.
 
@@ -192,10 +198,12 @@ class PrefixRun:
     With `grad=True` the pass's `logits` keep their autograd graph (attribution patching records and
     differentiates one pass); what is recorded is detached. `keep_final=True` also keeps every layer's
     keys and values and its input at the final position, so that `last_sweep` needs no plain walk over
-    the layers (memory: the keys and values of every layer, which a pass under autograd holds anyway).
+    the layers (memory: the keys and values of every layer, which a pass under autograd holds anyway);
+    ignored where no sweep can be cut to a suffix (`whole_passes`).
     """
 
     def __init__(self, adapter, batch: Batch, keep_final: bool = False, grad: bool = False) -> None:
+        keep_final = keep_final and not whole_passes(adapter)
         self.adapter = adapter
         self.model = adapter.model
         self.parts = adapter.parts
@@ -295,9 +303,7 @@ class PrefixRun:
         all `T - 1` (no suffix possible) when some layer's arguments cannot be cut to a suffix."""
         n = self.n_tokens
         nowhere = torch.full((n,), n - 1)
-        if self.parts.linear or self.adapter.layer_state:
-            # a linear-attention layer's recurrent state, or state the layers hand on (Gemma 4's shared keys
-            # and values), runs along the whole sequence (a model without a family file: found below)
+        if whole_passes(self.adapter):  # a model without a family file: found below
             return nowhere
         if self.ledger is not None:
             return self._planned_reach()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UserError
+from ..core.heads_file import attention_heads
 from ..core.prompt import GROUPS, chat_messages, token_groups
 from ..core.records import Sample
 
@@ -71,6 +72,15 @@ class DecoderParts:
 
     def head_dim(self, layer: int) -> int:
         return self.head_dims[layer]
+
+    @property
+    def head_layers(self) -> tuple[int, ...]:
+        """The layers with attention heads (all of them but the linear-attention ones)."""
+        return tuple(l for l in range(self.n_layers) if l not in self.linear)
+
+    def heads(self) -> list[tuple[int, int]]:
+        """Every attention head as (layer, head), layer by layer: what head ranking and head sets range over."""
+        return attention_heads(self.n_layers, self.n_heads, self.linear)
 
     def read(self, resid: torch.Tensor) -> torch.Tensor:
         """Next-token logits of residual vectors (`[..., d]`): the final norm, the unembedding and the
@@ -131,6 +141,12 @@ class ModelAdapter:
     #: sequence, no sweep can cut the pass to a suffix (suffix, last-position and paired sweeps do not apply;
     #: found from the layers' arguments in a real run, declared here for planning)
     layer_state: ClassVar[str] = ""
+    #: extra arguments of the chat template (a thinking model's thought closed empty, so that the answer is
+    #: the next token the prompt asks for)
+    template_kwargs: ClassVar[dict] = {}
+    #: decoder layer types besides attention that the family's knockout and head edits are defined for
+    #: ("linear_attention": Qwen3.5's gated DeltaNet); a model with any other such layer is refused at load
+    mixers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, processor, name: str = "") -> None:
         self.model = model
@@ -174,7 +190,8 @@ class ModelAdapter:
 
     # ---------------------------------------------------------------- prompts
     def prompt_text(self, sample: Sample) -> str:
-        return self.processor.apply_chat_template(chat_messages(sample), tokenize=False, add_generation_prompt=True)
+        return self.processor.apply_chat_template(chat_messages(sample), tokenize=False, add_generation_prompt=True,
+                                                  **self.template_kwargs)
 
     def _images_arg(self, samples: Sequence[Sample]):
         images = [s.image.convert("RGB") for s in samples]

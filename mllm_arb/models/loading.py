@@ -21,6 +21,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
@@ -30,6 +31,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen2VLAdapter,
     Qwen2_5_VLAdapter,
     Qwen3VLAdapter,
+    Qwen3_5Adapter,
     Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,
@@ -38,7 +40,8 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
 )
 TINY_PREFIX = "tiny:"
 #: decoder layer types whose token mixer is not attention (Qwen3.5's linear attention): an attention mask
-#: cannot knock an edge out there and a head is not a slice of an attention output (docs/families.md)
+#: cannot knock an edge out there and a head is not a slice of an attention output, so only a family file
+#: that declares them (`ModelAdapter.mixers`, its knockout tested against the recurrence) loads them
 UNDEFINED_LAYER_TYPES = ("linear_attention",)
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
@@ -151,10 +154,12 @@ def _checked_config(source: str, family: str | None, attn_implementation: str):
     if adapter_cls is IntrospectedAdapter and type(config) not in AutoModelForImageTextToText._model_mapping:
         raise UserError(f"unsupported architecture {config.model_type!r}: not an image-text-to-text model (transformers has no "
                         f"AutoModelForImageTextToText class for it); supported model types: {supported_types()}")
-    mixers = [t for t in (getattr(config.get_text_config(), "layer_types", None) or []) if t in UNDEFINED_LAYER_TYPES]
+    mixers = [t for t in (getattr(config.get_text_config(), "layer_types", None) or [])
+              if t in UNDEFINED_LAYER_TYPES and t not in adapter_cls.mixers]
     if mixers:
         raise UserError(f"model {source!r} ({config.model_type}) has {len(mixers)} {mixers[0]} layers (gated DeltaNet and the like): "
-                        "knockout and head edits are not defined in them yet, so no analysis would be exact; not supported")
+                        "knockout and head edits are defined there only for the families that declare them "
+                        f"({', '.join(a.family for a in ADAPTERS if a.mixers)}), so no analysis would be exact; not supported")
     if family and family != adapter_cls.family and adapter_cls is not IntrospectedAdapter:
         raise UserError(f"model {source!r} is a {adapter_cls.family} model (model_type {config.model_type!r}), not {family}")
     return config, adapter_cls

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -153,6 +153,18 @@ _QWEN_TEMPLATE = (  # Qwen/Qwen2-VL-*-Instruct, Qwen/Qwen2.5-VL-*-Instruct
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_QWEN3_5_TEMPLATE = (  # Qwen/Qwen3.5-*: no default system turn; a thinking model, its thought closed empty when
+    # the caller turns thinking off (as the adapter does: the answer must be the next token)
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
+    "{% endif %}"
 )
 _IDEFICS3_TEMPLATE = (  # HuggingFaceM4/Idefics3-8B-Llama3
     "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -431,6 +443,22 @@ def _build_qwen3_vl_moe(tok):
     return config, _qwen_image_processor(), Qwen3VLProcessor, {}
 
 
+def _build_qwen3_5(tok):
+    from transformers import Qwen3_5Config, Qwen3VLProcessor
+
+    # a quarter of each head is rotary (the real 64 of 256), its 4 frequencies interleaved over (t, h, w)
+    rope = {"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.25 * 2,
+            "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    # linear attention and full attention alternate (the real models: three linear layers to one full)
+    text = _text("qwen3_5_text", tok, num_hidden_layers=4, layer_types=["linear_attention", "full_attention"] * 2,
+                 rope_parameters=rope, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=HEAD_DIM,
+                 linear_value_head_dim=HEAD_DIM, linear_conv_kernel_dim=4)
+    vision = _qwen3_vision(model_type="qwen3_5")
+    del vision["deepstack_visual_indexes"]  # Qwen3.5's vision tower writes only at its end
+    config = Qwen3_5Config(text_config=text, vision_config=vision, **_qwen_ids(tok))
+    return config, _qwen_image_processor(), Qwen3VLProcessor, {}
+
+
 def _build_glm4v(tok):
     from transformers import Glm4vConfig, Glm4vImageProcessorPil, Glm4vProcessor
 
@@ -576,12 +604,12 @@ _QWEN_TOKENS = (
 )  # fmt: skip
 
 
-def _qwen_family(build: Callable) -> _Family:
-    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL share their tokens, turns and template; their models differ."""
+def _qwen_family(build: Callable, template: str = _QWEN_TEMPLATE, extra: tuple[str, ...] = ()) -> _Family:
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 share their tokens and turns; their models differ."""
     return _Family(
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
-        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, extra_tokens=_QWEN_TOKENS,
-        chat_template=_QWEN_TEMPLATE, build=build, generation_eos=("<|im_end|>", "<|endoftext|>"),
+        named_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}, extra_tokens=_QWEN_TOKENS + extra,
+        chat_template=template, build=build, generation_eos=("<|im_end|>", "<|endoftext|>"),
     )
 
 
@@ -606,6 +634,7 @@ FAMILIES: dict[str, _Family] = {
     "qwen2_5_vl": _qwen_family(_build_qwen2_5_vl),
     "qwen3_vl": _qwen_family(_build_qwen3_vl),
     "qwen3_vl_moe": _qwen_family(_build_qwen3_vl_moe),
+    "qwen3_5": _qwen_family(_build_qwen3_5, _QWEN3_5_TEMPLATE, ("<think>", "</think>")),
     "glm4v": _Family(
         bos=None, eos="<|endoftext|>", pad="<|endoftext|>", add_bos=False,
         named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},

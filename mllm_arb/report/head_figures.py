@@ -20,13 +20,15 @@ def score_heatmaps(scores: Mapping[str, Sequence[Sequence[float]]], method: str,
     """Layer × head score maps, one panel per setting and the pooled one, on a shared symmetric scale;
     `marked` heads (the selected set) get a box."""
     names = list(scores)
-    vmax = max(1e-9, max(float(np.abs(np.asarray(m)).max()) for m in scores.values()))
+    # NaN: a layer without attention heads (linear attention), left blank
+    vmax = max(1e-9, max(float(np.nanmax(np.abs(np.asarray(m, dtype=float)))) for m in scores.values()))
     n_layers, n_heads = np.asarray(scores[names[0]]).shape
     fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.6 * len(names) * max(1.0, n_heads / 8), 0.6 + 0.38 * n_layers + 1.2),
                              squeeze=False)
     # a few heads often carry most of the effect: a symmetric log scale keeps the rest visible
     norm = SymLogNorm(linthresh=vmax / 100, vmin=-vmax, vmax=vmax)
     for ax, name in zip(axes[0], names):
+        ax.set_facecolor("#bdbdbd")  # NaN cells (layers without heads) show grey, apart from a score near 0
         im = ax.imshow(scores[name], cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xlabel("head")

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.heads_file import attention_heads
 from ..core.names import POOLED
 from ..core.verdicts import blocking_finding, recovery_finding
 from . import page_figures as pf
@@ -104,11 +105,15 @@ def heads(study: Study, page: Page, fallback) -> str:
         return "".join(out)
     r = rk.results
     n, n_layers, n_heads = r.get("n_selected", 0), r.get("n_layers", 0), r.get("n_heads", 0)
-    total = n_layers * n_heads
+    total = n_attention_heads(r)
     scores = r.get("scores") or {}
     methods = list(scores)
     rank_method = r.get("rank_method", methods[0] if methods else "?")
-    out = [f"<p>Every one of the {total} attention heads ({n_layers} layers × {n_heads} heads) was scored on "
+    layers = f"{n_layers} layers × {n_heads} heads"
+    if r.get("layers_without_heads"):
+        layers = (f"{n_layers - len(r['layers_without_heads'])} attention layers × {n_heads} heads; layers "
+                  f"{', '.join(map(str, r['layers_without_heads']))} mix by linear attention and have none")
+    out = [f"<p>Every one of the {total} attention heads ({esc(layers)}) was scored on "
            f"{esc(r.get('n_rank_items', '?'))} ranking items (a split kept apart from the items the sweeps measure on) by "
            f"{esc('; '.join(METHOD_WORDS.get(m, m) for m in methods))}. Heads are ranked by <strong>{esc(rank_method)}</strong> "
            f"({esc(r.get('rank_by', 'pooled'))}), and the top {n} ({pct(n / total) if total else 'n/a'}) are selected: "
@@ -191,10 +196,15 @@ def _spread(e: Mapping | None, why: str | None = None) -> Cell:
     return Cell(esc(num(e["mean"])) + (f" <span class='muted'>{esc(ci(lo, hi, 2))}</span>" if finite(lo) and finite(hi) else ""), e["mean"], True)
 
 
+def n_attention_heads(r: Mapping) -> int:
+    """A head stage's count of attention heads (none in the layers without heads: linear attention)."""
+    return len(attention_heads(r.get("n_layers") or 0, r.get("n_heads") or 0, r.get("layers_without_heads") or ()))
+
+
 def blocking_sentence(r: Mapping) -> str:
     e = (r.get("blocking") or {}).get(POOLED)
     n = r.get("n_selected", "?")
-    total = (r.get("n_layers") or 0) * (r.get("n_heads") or 0)
+    total = n_attention_heads(r)
     what = (f"Blocking the top {n} heads ({pct(n / total) if total and finite(n) else '?'} of {total}; {r.get('ablation', '?')} "
             f"ablation at {r.get('positions', '?')} positions) on {r.get('n_eval_items', '?')} evaluation items")
     if not e:

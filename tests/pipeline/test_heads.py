@@ -150,6 +150,35 @@ def test_head_set_round_trip_and_validation(tmp_path):
     check_model(hand, "other", 2, 2, allow_other_model=True)
 
 
+def test_a_head_set_of_a_hybrid_decoder_lists_its_layers_without_heads(tmp_path):
+    """Layers 0 and 2 mix by linear attention: the ranking covers layers 1 and 3, the file says so, and a
+    head in a layer without heads is refused on reading and against the model."""
+    ranked = [(3, 1, 2.0), (1, 0, 1.0), (1, 1, 0.0), (3, 0, -1.0)]
+    hs = from_ranking(ranked, 1, model="m", n_layers=4, n_heads=2, method="ablation", layers_without_heads=(0, 2))
+    assert hs.total == 4 and hs.candidates == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    path = write_head_set(tmp_path / "heads.json", hs)
+    back = read_head_set(path)
+    assert back.layers_without_heads == (0, 2) and back.ranking == hs.ranking and back.total == 4
+    assert check_model(back, "m", 4, 2, layers_without_heads={2, 0}) == back
+    raw = json.loads(path.read_text())
+    for broken, message in (
+        ({**raw, "heads": [[2, 1]]}, "head \\(2, 1\\) lies in layer 2, which the file lists as having no attention heads"),
+        ({**raw, "layers_without_heads": [0]}, "a ranking must list all 6 heads, not 4"),
+        ({**raw, "layers_without_heads": [9]}, "names layer 9, outside"),
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(UserError, match=message):
+            read_head_set(path)
+    with pytest.raises(UserError, match="whose layers \\[0, 2\\] have no attention heads"):
+        check_model(back, "m", 4, 2, layers_without_heads=(0,))
+    # a hand-made file need not list them, but its heads must not lie there; it takes the model's list
+    hand = HeadSet(model="m", n_layers=4, n_heads=2, heads=((0, 1),))
+    with pytest.raises(UserError, match="head \\(0, 1\\), but layer 0 of this model \\(m\\) mixes by linear attention"):
+        check_model(hand, "m", 4, 2, layers_without_heads=(0, 2))
+    fitted = check_model(HeadSet(model="m", n_layers=4, n_heads=2, heads=((1, 1),)), "m", 4, 2, layers_without_heads=(0, 2))
+    assert fitted.layers_without_heads == (0, 2) and fitted.total == 4
+
+
 def test_use_head_set_blocks_at_inference_and_cleans_up(tiny, tmp_path):
     adapter, preps = tiny("llava")
     batch = preps[0].batch

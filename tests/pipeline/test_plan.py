@@ -25,7 +25,7 @@ SMALL = ["data.n_items=12", "analysis.max_items=4", "batch_size=4", "sweep.n_ran
 #: a representative few (an end-to-end check of the planner, not an identity): the plain layout, tiles,
 #: the model's own positions, a between-layer writer, bidirectional image attention, and state passed
 #: between layers (no suffix sweeps)
-PLANNED = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "gemma3", "gemma4")
+PLANNED = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "qwen3_5", "gemma3", "gemma4")
 
 
 @pytest.mark.parametrize("family", PLANNED)
@@ -37,8 +37,9 @@ def test_planned_sweeps_equal_the_passes_a_real_run_makes(family):
     assert next(planned.model.parameters()).device.type == "meta"  # no weights
     samples = render_all(conflict_items(3), CONFLICT_CONDITIONS)
     plan = KnockoutPlan(edges=STUDY_EDGES, window=1, n_layers=real.parts.n_layers, cumulative=True)
-    arms = [Arm("headline", "random", hs, 0.0, 0.1, seed=s) for s, hs in enumerate(random_sets(real.parts.n_layers, real.parts.n_heads, 2, 2, 0))]
-    arms.append(Arm("amplify", "top", ((0, 1), (1, 0)), 2.0, controls=True))
+    arms = [Arm("headline", "random", hs, 0.0, 0.1, seed=s) for s, hs in enumerate(random_sets(real.parts.heads(), 2, 2, 0))]
+    heads = real.parts.heads()  # head 1 of the first layer with heads and head 0 of the next
+    arms.append(Arm("amplify", "top", (heads[1], heads[real.parts.n_heads]), 2.0, controls=True))
 
     def work(adapter, fast):
         knockout_rows(adapter, samples, plan, batch_size=3, fast=fast)

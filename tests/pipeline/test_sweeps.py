@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mllm_arb.core.heads_file import HeadSet, from_ranking, read_head_set, write_head_set
+from mllm_arb.core.heads_file import HeadSet, attention_heads, from_ranking, read_head_set, write_head_set
 from mllm_arb.core.names import POOLED
 from mllm_arb.pipeline.heads.methods import Removal, prepare
 from mllm_arb.pipeline.heads.arms import (
@@ -52,11 +52,15 @@ def test_split_is_disjoint_stratified_and_seeded():
 
 
 def test_random_sets_are_seeded_and_of_the_requested_size():
-    sets = random_sets(8, 8, 4, n_seeds=20, seed=0)
-    assert sets == random_sets(8, 8, 4, n_seeds=20, seed=0)
+    heads = attention_heads(8, 8)
+    sets = random_sets(heads, 4, n_seeds=20, seed=0)
+    assert sets == random_sets(heads, 4, n_seeds=20, seed=0)
     assert all(len(s) == len(set(s)) == 4 for s in sets) and len(set(sets)) > 15
     assert all(0 <= l < 8 and 0 <= h < 8 for s in sets for l, h in s)
-    assert random_sets(8, 8, 4, n_seeds=3, seed=0) == sets[:3]  # seed s does not depend on how many
+    assert random_sets(heads, 4, n_seeds=3, seed=0) == sets[:3]  # seed s does not depend on how many
+    # a model with linear-attention layers: the sets never reach them, and cover the others
+    hybrid = random_sets(attention_heads(8, 8, (0, 1, 2, 4, 5, 6)), 4, n_seeds=20, seed=0)
+    assert {l for s in hybrid for l, _ in s} == {3, 7}
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +230,32 @@ def test_rank_ablate_amplify_end_to_end_on_a_tiny_model(tmp_path):
     assert amp["random_at_best_alpha"][POOLED]["recovery"]["n_seeds"] in (0, 3)
     assert all("interactions" not in e for e in amp["per_alpha"])  # one head: nothing to interact with
     assert (only_run(out, "amplify") / "plots" / "amplification.png").exists()
+
+
+def test_a_hybrid_decoder_ranks_and_edits_only_the_heads_of_its_attention_layers(tmp_path):
+    """Qwen3.5's linear-attention layers (0 and 2 of the tiny one) have no attention heads: the ranking,
+    the selected and the random sets, the arms and the rows cover layers 1 and 3 only; results.json and
+    heads.json say which layers were left out, and a heads file naming a head there is one line, exit 2."""
+    out = tmp_path / "out"
+    small = [a for a in SMALL if not a.startswith("model=")] + ["model=qwen3_5_tiny"]
+    result = invoke("ablate", "--top-n", "2", *small, "sweep.rank_method=attribution", f"output_dir={out}")
+    assert result.exit_code == 0, result.output
+    ablated = only_run(out, "ablate")
+    res = json.loads((ablated / "results.json").read_text())
+    assert res["layers_without_heads"] == [0, 2] and "linear attention" in res["layers_without_heads_note"]
+    assert res["fraction_selected"] == 2 / 8
+    head_set = read_head_set(ablated)
+    assert head_set.layers_without_heads == (0, 2) and head_set.total == 8
+    assert sorted(head_set.ranking) == [(l, h) for l in (1, 3) for h in range(4)]
+    rows = pq.read_table(ablated / "samples.parquet").to_pylist()
+    edited = {h for r in rows for h in (r["heads"] or "").split(";") if h}
+    assert {r["set"] for r in rows} >= {"top", "random"} and {int(h.split(".")[0]) for h in edited} == {1, 3}
+    scores = pq.read_table(ablated / "scores.parquet").to_pylist()
+    assert {r["layer"] for r in scores} == {1, 3}
+    bad = HeadSet(model="qwen3_5_tiny", n_layers=4, n_heads=4, heads=((2, 1),))
+    result = invoke("amplify", "--heads", str(write_head_set(tmp_path / "heads.json", bad)), *small, f"output_dir={out}")
+    assert result.exit_code == 2 and "layer 2 of this model (qwen3_5_tiny) mixes by linear attention" in result.output
+    assert len(list(out.glob("amplify/*/*"))) == 0
 
 
 def test_run_chains_every_stage_into_one_parent(tmp_path):

@@ -58,9 +58,10 @@ def check_split_sizes(n_rank: int, n_eval: int, n_items: int, cfg: SweepConfig) 
             )
 
 
-def random_sets(n_layers: int, n_heads: int, n: int, n_seeds: int, seed: int) -> list[tuple[Head, ...]]:
-    """`n_seeds` random sets of `n` heads; set s depends only on (seed, n, s)."""
-    heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+def random_sets(heads: Sequence[Head], n: int, n_seeds: int, seed: int) -> list[tuple[Head, ...]]:
+    """`n_seeds` random sets of `n` of `heads` (a head set's `candidates`: every attention head, layer by
+    layer); set s depends only on (seed, n, s) and the candidates."""
+    heads = list(heads)
     out = []
     for s in range(n_seeds):
         rng = np.random.default_rng([int(seed), int(n), int(s), 0xAB1])
@@ -188,7 +189,7 @@ def blocking_arms(head_set: HeadSet, n: int, cfg: SweepConfig, seed: int, with_d
     if bottom is not None:
         arms.append(Arm("headline", "bottom", bottom, 0.0, n / total, controls=True))
     arms += [Arm("headline", "random", hs, 0.0, n / total, seed=s)
-             for s, hs in enumerate(random_sets(head_set.n_layers, head_set.n_heads, n, cfg.n_random, seed))]
+             for s, hs in enumerate(random_sets(head_set.candidates, n, cfg.n_random, seed))]
     if with_dose and head_set.ranking:
         for k in cfg.ks:
             n_k = n_selected(total, top_k=k)
@@ -196,7 +197,7 @@ def blocking_arms(head_set: HeadSet, n: int, cfg: SweepConfig, seed: int, with_d
             arms.append(Arm("dose", "bottom", head_set.bottom(n_k), 0.0, k))
             if n_k < total:
                 arms += [Arm("dose", "random", hs, 0.0, k, seed=s)
-                         for s, hs in enumerate(random_sets(head_set.n_layers, head_set.n_heads, n_k, cfg.n_random_dose, seed))]
+                         for s, hs in enumerate(random_sets(head_set.candidates, n_k, cfg.n_random_dose, seed))]
     return arms
 
 
@@ -230,4 +231,4 @@ def amplify_arms(head_set: HeadSet, n: int, cfg: SweepConfig) -> list[Arm]:
 
 def random_amplification_arms(head_set: HeadSet, n: int, alpha: float, n_seeds: int, seed: int) -> list[Arm]:
     return [Arm("amplify", "random", hs, float(alpha), seed=s)
-            for s, hs in enumerate(random_sets(head_set.n_layers, head_set.n_heads, n, n_seeds, seed))]
+            for s, hs in enumerate(random_sets(head_set.candidates, n, n_seeds, seed))]

@@ -19,7 +19,9 @@ following answer, so removing it lowers the following log-odds):
   competitor. It ignores every path through later layers, so it ranks "writer" heads only.
 
 Scores are averaged per setting and pooled (mean of the settings); heads are ranked on the pooled
-score (or one setting's), highest first.
+score (or one setting's), highest first. A layer without attention heads (linear attention: Qwen3.5)
+is never scored: its entries of every `[N, L, H]` score tensor and `[L][H]` matrix are NaN, and the
+ranking leaves it out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ...core.heads_file import attention_heads
 from ...core.records import Sample
 from ...core.scoring import AnswerIds, answer_ids, binary_scores
 from ...core.scoring import batches
@@ -70,8 +73,20 @@ def prepare(adapter: ModelAdapter, samples: Sequence[Sample], batch_size: int) -
     return out
 
 
-def all_heads(n_layers: int, n_heads: int) -> list[Head]:
-    return [(l, h) for l in range(n_layers) for h in range(n_heads)]
+def by_head(values: torch.Tensor, parts) -> torch.Tensor:
+    """`[B, L, H]` from `[B, len(parts.heads())]` values in `parts.heads()` order, NaN in the layers without heads."""
+    if not parts.linear:
+        return values.reshape(values.shape[0], parts.n_layers, parts.n_heads)
+    out = values.new_full((values.shape[0], parts.n_layers, parts.n_heads), float("nan"))
+    out[:, list(parts.head_layers)] = values.reshape(values.shape[0], len(parts.head_layers), parts.n_heads)
+    return out
+
+
+def unscored_layers(matrix) -> set[int]:
+    """The layers of an `[L][H]` score matrix (or `[N, L, H]` tensor) without heads: every entry NaN."""
+    values = torch.as_tensor(matrix, dtype=torch.float64)
+    values = values.reshape(-1, *values.shape[-2:]).transpose(0, 1).flatten(1)  # [L, N * H]
+    return {l for l in range(values.shape[0]) if bool(torch.isnan(values[l]).all())}
 
 
 def position_mask(batch: Batch, positions: str) -> torch.Tensor:
@@ -120,7 +135,7 @@ class Removal:
 def head_means(adapter: ModelAdapter, preps: Sequence[Prepared], positions: str) -> dict[Head, torch.Tensor]:
     """Mean output of every head over the given positions of the (ranking-split) batches."""
     parts = adapter.parts
-    sums = [torch.zeros(parts.n_heads, parts.head_dim(l), dtype=torch.float64) for l in range(parts.n_layers)]
+    sums = {l: torch.zeros(parts.n_heads, parts.head_dim(l), dtype=torch.float64) for l in parts.head_layers}
     count = 0
     for p in preps:
         mask = position_mask(p.batch, positions)
@@ -131,8 +146,8 @@ def head_means(adapter: ModelAdapter, preps: Sequence[Prepared], positions: str)
         count += int(mask.sum())
     if count == 0:
         raise ValueError(f"no {positions} positions in the ranking split to take head means over")
-    means = [(layer_sums / count).to(adapter.model.dtype) for layer_sums in sums]
-    return {(l, h): means[l][h] for l in range(parts.n_layers) for h in range(parts.n_heads)}
+    means = {l: (layer_sums / count).to(adapter.model.dtype) for l, layer_sums in sums.items()}
+    return {(l, h): means[l][h] for l, h in parts.heads()}
 
 
 def log_odds_under(adapter: ModelAdapter, prep: Prepared, edits: Sequence[HeadEdit] = ()) -> torch.Tensor:
@@ -157,14 +172,14 @@ def ablation_scores(
     forward pass per head and batch. `pairs`: batches of the same items that run together (`PairedBatches`).
     """
     parts = adapter.parts
-    heads = all_heads(parts.n_layers, parts.n_heads)
+    heads = parts.heads()
     out = []
     for p in preps:
         if fast:
             drops = exact_drops(adapter, p, removal, heads, on_step, variants, pairs)
         else:
             drops = naive_drops(adapter, p, removal, heads, on_step)
-        out.append(drops.view(len(p.batch), parts.n_layers, parts.n_heads))
+        out.append(by_head(drops, parts))
     return torch.cat(out)
 
 
@@ -393,16 +408,20 @@ def first_order_drops(
         else:
             last = adapter.last_logits(batch, grad=True)
         log_odds = binary_scores(last, prep.ids)[0]
-        acts = [rec[l] for l in range(parts.n_layers)]
+        acts = [rec[l] for l in parts.head_layers]
         # rows never mix in a forward pass, so the gradient of the sum is each row's own gradient
         grads = torch.autograd.grad(log_odds.sum(), acts)
     per_layer = []
-    for l, (act, grad) in enumerate(zip(acts, grads)):
+    for l, act, grad in zip(parts.head_layers, acts, grads):
         act = act.detach()
-        per_layer.append(((act - removal.replacement(l, parts.n_heads, act)) * grad).sum(-1))  # [B, T, H]
+        per_layer.append(((act - removal.replacement(l, parts.n_heads, act)) * grad).sum(-1).float().cpu())  # [B, T, H]
     if run is not None:
         run.logits = run.logits.detach()
-    return torch.stack(per_layer, 2).float().cpu(), run
+    drops = torch.stack(per_layer, 2)  # [B, T, L with heads, H]
+    if parts.linear:
+        n_rows, n_tok = drops.shape[:2]
+        drops = by_head(drops.flatten(0, 1).flatten(1), parts).view(n_rows, n_tok, parts.n_layers, parts.n_heads)
+    return drops, run
 
 
 def attribution_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Removal, on_step: OnStep = None) -> torch.Tensor:
@@ -428,7 +447,7 @@ def hybrid_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Rem
     Removal at `last` is the exact scan; at `instruction` (no last position) it is attribution patching.
     """
     parts = adapter.parts
-    heads = all_heads(parts.n_layers, parts.n_heads)
+    heads = parts.heads()
     at_last = replace(removal, positions="last")
     out = []
     for p in preps:
@@ -438,7 +457,7 @@ def hybrid_scores(adapter: ModelAdapter, preps: Sequence[Prepared], removal: Rem
             per_position, _ = first_order_drops(adapter, p, removal)
             scores = (per_position * where[..., None, None]).sum(1)
         elif removal.positions == "last":
-            scores = exact_drops(adapter, p, removal, heads).view(len(p.batch), parts.n_layers, parts.n_heads)
+            scores = by_head(exact_drops(adapter, p, removal, heads), parts)
         else:
             if not torch.equal(last, p.batch.group_mask("last").cpu()):
                 raise ValueError(f"removal at {removal.positions!r} covers the last position of some rows only")
@@ -458,7 +477,7 @@ def _hybrid_batch(adapter: ModelAdapter, prep: Prepared, removal: Removal, at_la
     keep = all(l == prep.batch.inputs["input_ids"].shape[1] - 1 for l in prep.batch.last)
     per_position, run = first_order_drops(adapter, prep, removal, record=True, keep_final=keep)
     base, after = edited_log_odds(adapter, prep, [((head,), 0.0) for head in heads], at_last, run=run)
-    exact = (base[None] - after).T.reshape(len(prep.batch), parts.n_layers, parts.n_heads)
+    exact = by_head((base[None] - after).T, parts)
     return (per_position * elsewhere[..., None, None]).sum(1) + exact
 
 
@@ -470,7 +489,7 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
     that norm linearised the same way, at its actual input.
     """
     parts = adapter.parts
-    sandwich = [adapter.attn_writer(l) is not parts.attn(l) for l in range(parts.n_layers)]
+    sandwich = {l: adapter.attn_writer(l) is not parts.attn(l) for l in parts.head_layers}
     out = []
     for p in preps:
         batch = p.batch
@@ -487,7 +506,7 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
 
         with torch.no_grad(), ExitStack() as stack, record_heads(adapter) as rec:
             stack.callback(parts.final_norm.register_forward_pre_hook(grab("final"), with_kwargs=True).remove)
-            for l in range(parts.n_layers):
+            for l in parts.head_layers:
                 if sandwich[l]:
                     stack.callback(adapter.attn_writer(l).register_forward_pre_hook(grab(l), with_kwargs=True).remove)
             adapter.model(**batch.inputs, use_cache=False)
@@ -495,8 +514,8 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
             final = taken["final"].clone().requires_grad_(True)
             log_odds = binary_scores(lens_logits(adapter, final).float(), p.ids)[0]
             g_final = torch.autograd.grad(log_odds.sum(), final)[0]  # [B, d]
-        scores = torch.empty(len(batch), parts.n_layers, parts.n_heads)
-        for l in range(parts.n_layers):
+        scores = torch.full((len(batch), parts.n_layers, parts.n_heads), float("nan"))
+        for l in parts.head_layers:
             g = g_final
             if sandwich[l]:
                 with torch.enable_grad():
@@ -513,9 +532,9 @@ def dla_scores(adapter: ModelAdapter, preps: Sequence[Prepared], on_step: OnStep
     return torch.cat(out)
 
 
-def n_verified(n_layers: int, n_heads: int, fraction: float = VERIFY_FRACTION) -> int:
-    """How many heads `verified` checks by exact ablation per ranking key (setting or pooled)."""
-    total = n_layers * n_heads
+def n_verified(total: int, fraction: float = VERIFY_FRACTION) -> int:
+    """How many of a model's `total` attention heads `verified` checks by exact ablation per ranking key
+    (setting or pooled)."""
     return min(total, max(1, math.ceil(fraction * total)))
 
 
@@ -536,7 +555,7 @@ def verified_scores(
     Candidates come from the scores of `preps` as passed: a caller that scores batch by batch gets each
     batch's own candidates."""
     parts = adapter.parts
-    n = n_verified(parts.n_layers, parts.n_heads, fraction)
+    n = n_verified(len(parts.heads()), fraction)
     scores = hybrid_scores(adapter, preps, removal, on_step)
     if removal.positions == "last":  # the hybrid scores are the exact scan there: nothing left to verify
         if on_step:
@@ -571,11 +590,11 @@ def method_scores(adapter: ModelAdapter, preps: Sequence[Prepared], method: str,
     raise ValueError(f"unknown ranking method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def passes_per_sample(method: str, n_layers: int, n_heads: int) -> int:
-    """How many sample-passes a method costs per sample (for progress bars)."""
+def passes_per_sample(method: str, total: int) -> int:
+    """How many sample-passes a method costs per sample of a model with `total` attention heads (for progress bars)."""
     if method == "ablation":
-        return n_layers * n_heads
-    return 1 + n_verified(n_layers, n_heads) if method == "verified" else 1
+        return total
+    return 1 + n_verified(total) if method == "verified" else 1
 
 
 # ------------------------------------------------------------------------------------ summaries
@@ -583,9 +602,10 @@ def score_rows(preps: Sequence[Prepared], method: str, scores: torch.Tensor) -> 
     """One row per sample and head."""
     rows, i = [], 0
     n_layers, n_heads = scores.shape[1:]
+    heads = attention_heads(n_layers, n_heads, unscored_layers(scores))
     for p in preps:
         for s in p.samples:
-            for l, h in all_heads(n_layers, n_heads):
+            for l, h in heads:
                 rows.append({"item_id": s.item_id, "task": s.task, "setting": s.condition.value,
                              "method": method, "layer": l, "head": h, "score": float(scores[i, l, h])})
             i += 1
@@ -604,8 +624,10 @@ def score_matrices(preps: Sequence[Prepared], scores: torch.Tensor) -> dict[str,
 
 
 def rank(matrix: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
-    """Every head as (layer, head, score), highest score first (ties: lower layer, then head)."""
-    flat = [(l, h, float(v)) for l, row in enumerate(matrix) for h, v in enumerate(row)]
+    """Every head as (layer, head, score), highest score first (ties: lower layer, then head); a layer
+    without heads (all its scores NaN) is left out."""
+    skip = unscored_layers(matrix)
+    flat = [(l, h, float(v)) for l, row in enumerate(matrix) if l not in skip for h, v in enumerate(row)]
     return sorted(flat, key=lambda t: (-t[2], t[0], t[1]))
 
 
@@ -635,6 +657,8 @@ def method_agreement(pooled: dict[str, Sequence[Sequence[float]]], n_top: int) -
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             fa, fb = np.ravel(pooled[a]), np.ravel(pooled[b])
+            scored = ~(np.isnan(fa) & np.isnan(fb))  # the layers without heads
+            fa, fb = fa[scored], fb[scored]
             top_a = {(l, h) for l, h, _ in rank(pooled[a])[:n_top]}
             top_b = {(l, h) for l, h, _ in rank(pooled[b])[:n_top]}
             out[f"{a}~{b}"] = {"spearman": spearman(fa, fb), "top_overlap": len(top_a & top_b), "n_top": n_top}

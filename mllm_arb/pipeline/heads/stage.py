@@ -49,7 +49,12 @@ class HeadStudy:
 
     @property
     def total(self) -> int:
-        return self.n_layers * self.n_heads
+        """How many attention heads the model has (none in its linear-attention layers)."""
+        return len(self.adapter.parts.heads())
+
+    @property
+    def layers_without_heads(self) -> tuple[int, ...]:
+        return tuple(sorted(self.adapter.parts.linear))
 
     @property
     def title(self) -> str:
@@ -63,8 +68,15 @@ class HeadStudy:
 
     def provenance(self) -> Provenance:
         """What every head stage's results.json opens with: the model, its shape, the data and the splits."""
-        return {"model": self.adapter.name, "dataset_fingerprint": self.fingerprint, "n_layers": self.n_layers,
-                "n_heads": self.n_heads, "n_rank_items": len(self.rank_items), "n_eval_items": len(self.eval_items)}
+        out = {"model": self.adapter.name, "dataset_fingerprint": self.fingerprint, "n_layers": self.n_layers,
+               "n_heads": self.n_heads, "n_rank_items": len(self.rank_items), "n_eval_items": len(self.eval_items)}
+        if self.layers_without_heads:
+            out["layers_without_heads"] = list(self.layers_without_heads)
+            out["layers_without_heads_note"] = (
+                f"{len(self.layers_without_heads)} of the {self.n_layers} decoder layers mix tokens by linear attention "
+                f"(a recurrent state, not attention heads): no head there is ranked, drawn into a random set or edited; "
+                f"the {self.total} heads are those of the other {self.n_layers - len(self.layers_without_heads)} layers")
+        return out
 
     def manifest(self) -> dict:
         return {"model_source": str(self.cfg.model.path), "n_rank_items": len(self.rank_items),
@@ -133,9 +145,9 @@ def setup(cfg: DictConfig, ranks: Ranks | None = None, adapter: ModelAdapter | N
             adapter = load_model(cfg, ranks)
     check_answers(adapter.tokenizer, check_answers_for)
     parts = adapter.parts
-    sweep.check_heads(parts.n_layers * parts.n_heads)
+    sweep.check_heads(len(parts.heads()))
     if head_set is not None:
-        check_model(head_set, adapter.name, parts.n_layers, parts.n_heads, sweep.allow_other_model)
+        head_set = check_model(head_set, adapter.name, parts.n_layers, parts.n_heads, sweep.allow_other_model, parts.linear)
     return HeadStudy(cfg, sweep, fp, rank_items, eval_items, adapter, head_set, dropped)
 
 
@@ -162,11 +174,13 @@ def ranking_from(study: HeadStudy, rank_preps: list[Prepared], removal: Removal,
         rows += score_rows(rank_preps, method, values)
     n = sweep.n_selected(study.total)
     ranked = rank(scores[sweep.rank_method][sweep.rank_by])
+    if len(ranked) != study.total:  # a NaN score through a whole layer with heads would drop it from the ranking
+        raise RuntimeError(f"the {sweep.rank_method} ranking holds {len(ranked)} heads, not the model's {study.total}")
     head_set = from_ranking(
         ranked, n, model=adapter.name, n_layers=study.n_layers, n_heads=study.n_heads, method=sweep.rank_method,
         rank_by=sweep.rank_by, dataset_fingerprint=study.fingerprint, top_k=None if sweep.top_n else sweep.top_k,
         rank_items=tuple(it.item_id for it in study.rank_items),
-        extra={"ablation": removal.mode, "positions": removal.positions},
+        extra={"ablation": removal.mode, "positions": removal.positions}, layers_without_heads=study.layers_without_heads,
     )
     agreement = method_agreement({m: s["pooled"] for m, s in scores.items()}, n) if len(scores) > 1 else {}
     return Ranking(head_set, scores, rows, agreement)
@@ -190,7 +204,7 @@ def rank_units(stage: Stage, study: HeadStudy, methods, rank_preps: list[Prepare
 
     out = {}
     for method in methods:
-        cost = passes_per_sample(method, study.n_layers, study.n_heads)
+        cost = passes_per_sample(method, study.total)
         pairs = _pairs(stage, study, rank_preps)
         saved = stage.map_units(f"rank-{method}", rank_preps,
                             lambda p, step, m=method, pairs=pairs: encode(method_scores(study.adapter, [p], m, removal, on_step=step, pairs=pairs)),

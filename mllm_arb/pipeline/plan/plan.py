@@ -34,7 +34,7 @@ from ...models.scoring import score_samples
 from ..analyze.flow import knockout_rows, lens_rows
 from ..analyze.stage import analysis_edges, analysis_samples, knockout_plan
 from ..heads.arms import ablate_arms, amplify_arms, applicable_arms, arm_log_odds, random_amplification_arms, split_preps
-from ..heads.methods import PairedBatches, Removal, ablation_scores, method_scores, prepare
+from ..heads.methods import PairedBatches, Removal, ablation_scores, by_head, method_scores, prepare
 from ..heads.stage import ranking_from, setup
 
 #: what `plan` covers, and the stages each command runs
@@ -134,7 +134,7 @@ def _head_set(cfg: DictConfig, adapter: ModelAdapter, study, removal: Removal, f
         pairs = _pairs(preps, study.sweep, fast)
         scores = torch.cat([_scores(adapter, p, method, removal, fast, pairs) for p in preps])
     else:
-        scores = torch.zeros(sum(len(p.batch) for p in preps), study.n_layers, study.n_heads)
+        scores = by_head(torch.zeros(sum(len(p.batch) for p in preps), study.total), adapter.parts)
     return ranking_from(study, preps, removal, {method: scores}).head_set
 
 
