@@ -23,20 +23,26 @@ from .flow import edge_name
 
 
 def saliency_maps(adapter: ModelAdapter, batch, ids) -> torch.Tensor:
-    """`[L, B, T, T]` saliency `|A ⊙ ∂L/∂A|` summed over heads, each row's gradient its own."""
-    n_layers = adapter.parts.n_layers
+    """`[L, B, T, T]` saliency `|A ⊙ ∂L/∂A|` summed over heads, each row's gradient its own; NaN in a layer
+    without attention weights (linear attention: Qwen3.5), which then gives no rows."""
+    n_layers, layers = adapter.parts.n_layers, adapter.parts.head_layers
     with torch.enable_grad(), record_attention_weights(adapter) as weights:
         logits = adapter.model(**batch.inputs, use_cache=False).logits
         rows = torch.arange(len(batch), device=logits.device)
         last = logits[rows, torch.tensor(batch.last, device=logits.device)].float()
         log_odds = binary_scores(last, ids)[0]
-        missing = [l for l in range(n_layers) if l not in weights]
+        missing = [l for l in layers if l not in weights]
         if missing:
             raise RuntimeError(f"no attention weights recorded for layers {missing}")
-        attn = [weights[l] for l in range(n_layers)]
+        attn = [weights[l] for l in layers]
         # rows never mix in a forward pass, so the gradient of the sum is each row's own gradient
         grads = torch.autograd.grad(log_odds.sum(), attn)
-    return torch.stack([(a.detach() * g).abs().sum(1).float() for a, g in zip(attn, grads)])
+    maps = torch.stack([(a.detach() * g).abs().sum(1).float() for a, g in zip(attn, grads)])
+    if len(layers) == n_layers:
+        return maps
+    out = maps.new_full((n_layers, *maps.shape[1:]), float("nan"))
+    out[list(layers)] = maps
+    return out
 
 
 def pair_saliency(maps: torch.Tensor, batch, edge: tuple[str, str]) -> torch.Tensor:
