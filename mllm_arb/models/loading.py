@@ -20,6 +20,7 @@ from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -32,6 +33,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen2_5_VLAdapter,
     Qwen3VLAdapter,
     Qwen3_5Adapter,
+    Mistral3Adapter,
     Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,

@@ -3,6 +3,11 @@
 Qwen2-VL, Qwen2.5-VL, InternVL and SmolVLM processors own a video sub-processor, and video processors
 need torchvision. Without it `AutoProcessor` cannot build them even though images never touch the video
 slot, so we load the tokenizer and image processor on their own and leave the video slot empty.
+
+Mistral 3's `PixtralProcessor` owns no video slot, but transformers' module for it imports torchvision
+when it loads (for a resize helper that its PIL image processor does not use): without torchvision the
+class is a placeholder that refuses to build. `PixtralProcessor` below lays out the prompt the same way
+on the PIL image processor, and loads in its place from the same files.
 """
 
 from __future__ import annotations
@@ -12,6 +17,44 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
 from transformers.utils import is_torchvision_available
+
+
+class PixtralProcessor(ProcessorMixin):
+    """Mistral 3's prompt layout without torchvision: each image becomes rows of `image_token`, one per
+    merged patch (`patch_size × spatial_merge_size` pixels, the size the image processor resizes to a
+    multiple of), each row closed by `image_break_token` and the last by `image_end_token` instead. The
+    model checks the count: it refuses a prompt whose image tokens do not match its vision features."""
+
+    def __init__(self, image_processor=None, tokenizer=None, patch_size: int = 16, spatial_merge_size: int = 1,
+                 chat_template=None, image_token: str = "[IMG]", image_break_token: str = "[IMG_BREAK]",
+                 image_end_token: str = "[IMG_END]", **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.patch_size, self.spatial_merge_size = int(patch_size), int(spatial_merge_size)
+        self.image_token, self.image_break_token, self.image_end_token = image_token, image_break_token, image_end_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    @property
+    def image_token_ids(self) -> list[int]:
+        return self.tokenizer.convert_tokens_to_ids([self.image_token, self.image_break_token, self.image_end_token])
+
+    def _process_images(self, images, **kwargs):
+        kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
+        return super()._process_images(images, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        step = self.patch_size * self.spatial_merge_size
+        height, width = (int(v) for v in image_inputs["image_sizes"][image_idx])
+        rows = [self.image_token * (width // step) + self.image_break_token] * (height // step)
+        return "".join(rows)[: -len(self.image_break_token)] + self.image_end_token
+
+    @property
+    def model_input_names(self):
+        return self.tokenizer.model_input_names + self.image_processor.model_input_names + ["image_sizes"]
+
+
+#: processors that transformers cannot build without torchvision although images never need it, by the
+#: name a checkpoint gives them, and the class that builds them here
+_TWINS = {"PixtralProcessor": PixtralProcessor}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -25,8 +68,11 @@ def load_processor(path_or_id: str | Path) -> ProcessorMixin:
     try:
         return AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError) as err:
-        processor_class = _processor_class(path)
         missing_torchvision = not is_torchvision_available() and "torchvision" in str(err).lower()
+        twin = _TWINS.get(_processor_name(path)) if missing_torchvision else None
+        if twin is not None:
+            return twin.from_pretrained(path)
+        processor_class = _processor_class(path)
         if not (missing_torchvision and processor_class is not None and _owns_video(processor_class)):
             raise
     return _load_without_video(path, processor_class)
@@ -58,14 +104,21 @@ def _has_any(path: Path, names: tuple[str, ...]) -> bool:
     return any((path / name).is_file() for name in names)
 
 
-def _processor_class(path: Path) -> type[ProcessorMixin] | None:
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
+def _processor_name(path: Path) -> str | None:
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     name = None
     for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         name = name or _json(path / file).get("processor_class")
     if name is None:  # old checkpoints name their processor only through the model type
         name = PROCESSOR_MAPPING_NAMES.get(_json(path / "config.json").get("model_type"))
+    return name
+
+
+def _processor_class(path: Path) -> type[ProcessorMixin] | None:
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    name = _processor_name(path)
     return processor_class_from_name(name) if name else None
 
 

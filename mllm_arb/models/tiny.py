@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "mistral3", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -165,6 +165,14 @@ _QWEN3_5_TEMPLATE = (  # Qwen/Qwen3.5-*: no default system turn; a thinking mode
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
     "{% endif %}"
+)
+_MISTRAL3_TEMPLATE = (  # mistralai/Mistral-Small-3.1-24B-Instruct-2503, without its default system prompt
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}[SYSTEM_PROMPT]{{ message['content'] }}[/SYSTEM_PROMPT]"
+    "{% elif message['role'] == 'user' %}[INST]{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}[IMG]"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}[/INST]"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
 _IDEFICS3_TEMPLATE = (  # HuggingFaceM4/Idefics3-8B-Llama3
     "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -459,6 +467,22 @@ def _build_qwen3_5(tok):
     return config, _qwen_image_processor(), Qwen3VLProcessor, {}
 
 
+_PIXTRAL_PATCH, _PIXTRAL_MERGE = 4, 2  # 8 px per image token: 40x40 -> 5 rows of 5 [IMG] and a break or end
+
+
+def _build_mistral3(tok):
+    from transformers import Mistral3Config, PixtralImageProcessorPil
+
+    from .processor_loading import PixtralProcessor
+
+    vision = _vision_tower("pixtral", 8 * _PIXTRAL_PATCH * _PIXTRAL_MERGE, _PIXTRAL_PATCH, head_dim=V_HIDDEN // V_HEADS)
+    config = Mistral3Config(vision_config=vision, text_config=_text("mistral", tok, sliding_window=None),
+                            image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=_PIXTRAL_MERGE,
+                            vision_feature_layer=-1, tie_word_embeddings=False)
+    ip = PixtralImageProcessorPil(size={"longest_edge": 8 * _PIXTRAL_PATCH * _PIXTRAL_MERGE}, patch_size=_PIXTRAL_PATCH)
+    return config, ip, PixtralProcessor, dict(patch_size=_PIXTRAL_PATCH, spatial_merge_size=_PIXTRAL_MERGE)
+
+
 def _build_glm4v(tok):
     from transformers import Glm4vConfig, Glm4vImageProcessorPil, Glm4vProcessor
 
@@ -635,6 +659,11 @@ FAMILIES: dict[str, _Family] = {
     "qwen3_vl": _qwen_family(_build_qwen3_vl),
     "qwen3_vl_moe": _qwen_family(_build_qwen3_vl_moe),
     "qwen3_5": _qwen_family(_build_qwen3_5, _QWEN3_5_TEMPLATE, ("<think>", "</think>")),
+    "mistral3": _Family(
+        bos="<s>", eos="</s>", pad="<pad>", add_bos=True,
+        named_tokens={}, extra_tokens=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),
+        chat_template=_MISTRAL3_TEMPLATE, build=_build_mistral3,
+    ),  # fmt: skip
     "glm4v": _Family(
         bos=None, eos="<|endoftext|>", pad="<|endoftext|>", add_bos=False,
         named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},

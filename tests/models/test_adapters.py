@@ -176,3 +176,26 @@ def test_padding_moves_no_score_on_the_organism():
         alone = torch.cat([ma.log_odds(model, ma.conflict_batch(model, [item], "vision_following")) for item in items])
     assert (batch.batch.inputs["attention_mask"] == 0).any(), "the batch should need padding"
     torch.testing.assert_close(together, alone, rtol=0, atol=2e-5)
+
+
+def test_mistral3_lays_each_image_out_in_rows_closed_by_break_and_end_tokens():
+    """Without torchvision the loader builds Mistral 3's prompt with the project's own PixtralProcessor: a
+    40 × 24 px image is 3 rows of 5 [IMG] (8 px each), each row closed by [IMG_BREAK], the last by [IMG_END]
+    in its place; the image group is the [IMG] positions alone, and the model accepts the count."""
+    from dataclasses import replace
+
+    from PIL import Image
+    from transformers.utils import is_torchvision_available
+
+    adapter = load_adapter("tiny:mistral3")
+    if not is_torchvision_available():
+        assert type(adapter.processor).__module__ == "mllm_arb.models.processor_loading"
+    item = replace(conflict_items(1)[0], image=Image.new("RGB", (40, 24), (200, 30, 30)))
+    batch = adapter.build_batch(render_all([item], [Condition.TEXT_FOLLOWING]))
+    tokens = adapter.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][0])
+    start, end = tokens.index("[IMG]"), tokens.index("[IMG_END]")
+    assert tokens[start : end + 1] == (["[IMG]"] * 5 + ["[IMG_BREAK]"]) * 2 + ["[IMG]"] * 5 + ["[IMG_END]"]
+    image = batch.spans[0]["image"]
+    assert len(image) == 15 and all(tokens[p] == "[IMG]" for p in image)
+    assert {tokens[p] for p in batch.spans[0]["system"]} >= {"[IMG_BREAK]", "[IMG_END]"}
+    assert torch.isfinite(adapter.last_logits(batch)).all()

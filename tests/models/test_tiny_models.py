@@ -113,6 +113,7 @@ def test_chat_template_mimics_the_family(tiny):
         "gemma4": "<|turn>user\n<|image|>What color is the umbrella?<turn|>\n<|turn>model\n",
         "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>What color is the umbrella?<|assistant|>\n",
+        "mistral3": "<s>[INST][IMG]What color is the umbrella?[/INST]",
     }
     expected["qwen2_5_vl"] = expected["qwen3_vl"] = expected["qwen3_vl_moe"] = expected["qwen2_vl"]
     # a thinking model opens its thought unless told not to (the adapter tells it: `template_kwargs`)
@@ -127,7 +128,7 @@ def test_chat_template_mimics_the_family(tiny):
 def test_image_token_id_names_the_family_token(tiny):
     family, _, model, processor = tiny
     expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")} | {"gemma3": "<image_soft_token>"}
-    expected["internvl"], expected["glm4v"], expected["gemma4"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>"
+    expected["internvl"], expected["glm4v"], expected["gemma4"], expected["mistral3"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>", "[IMG]"
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")
     # Gemma 3's processor names the begin-of-image token instead: take the id from the model config.
