@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "mistral3", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -467,6 +467,17 @@ def _build_qwen3_5(tok):
     return config, _qwen_image_processor(), Qwen3VLProcessor, {}
 
 
+def _build_qwen3_5_moe(tok):
+    from transformers import Qwen3_5MoeConfig
+
+    dense, ip, processor, kwargs = _build_qwen3_5(tok)
+    # every MLP a sparse block: 4 experts, 2 per token, and a gated shared expert
+    text = {**dense.text_config.to_dict(), "model_type": "qwen3_5_moe_text", "num_experts": 4, "num_experts_per_tok": 2,
+            "moe_intermediate_size": FFN // 2, "shared_expert_intermediate_size": FFN // 2}
+    vision = {**dense.vision_config.to_dict(), "model_type": "qwen3_5_moe"}
+    return Qwen3_5MoeConfig(text_config=text, vision_config=vision, **_qwen_ids(tok)), ip, processor, kwargs
+
+
 _PIXTRAL_PATCH, _PIXTRAL_MERGE = 4, 2  # 8 px per image token: 40x40 -> 5 rows of 5 [IMG] and a break or end
 
 
@@ -659,6 +670,7 @@ FAMILIES: dict[str, _Family] = {
     "qwen3_vl": _qwen_family(_build_qwen3_vl),
     "qwen3_vl_moe": _qwen_family(_build_qwen3_vl_moe),
     "qwen3_5": _qwen_family(_build_qwen3_5, _QWEN3_5_TEMPLATE, ("<think>", "</think>")),
+    "qwen3_5_moe": _qwen_family(_build_qwen3_5_moe, _QWEN3_5_TEMPLATE, ("<think>", "</think>")),
     "mistral3": _Family(
         bos="<s>", eos="</s>", pad="<pad>", add_bos=True,
         named_tokens={}, extra_tokens=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),

@@ -84,15 +84,17 @@ def test_unsupported_architecture_is_named(tmp_path):
 
 
 def test_a_model_with_linear_attention_layers_is_refused_without_a_family_file_that_declares_them(tmp_path):
-    """Qwen3.5-MoE's hybrid decoder has no family file: the knockout and head edits defined for Qwen3.5's
+    """GLM-5-Next's hybrid decoder has no family file: the knockout and head edits defined for Qwen3.5's
     linear-attention layers are not claimed for it, so it is refused in one line naming them, from
     config.json alone (no weights are written here)."""
-    from transformers import Qwen3_5MoeConfig
+    from transformers import Glm5NextConfig
 
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                head_dim=16, vocab_size=64, layer_types=["linear_attention"] * 3 + ["full_attention"])
-    folder = tmp_path / "qwen3_5_moe"
-    Qwen3_5MoeConfig(text_config=text, vision_config=dict(depth=1, hidden_size=16, num_heads=1, out_hidden_size=32)).save_pretrained(folder)
+    config = Glm5NextConfig()
+    text = config.get_text_config()
+    text.num_hidden_layers, text.layer_types = 4, ["linear_attention"] * 3 + ["full_attention"]
+    text.mlp_layer_types = text.mlp_layer_types[:4]
+    folder = tmp_path / "glm5_next"
+    config.save_pretrained(folder)
     with pytest.raises(UserError, match="has 3 linear_attention layers .* only for the families that declare them \\(qwen3_5\\)"):
         load_adapter(str(folder))
 

@@ -27,6 +27,7 @@ REAL = {
     "qwen3_vl_8b": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "qwen3_vl"),
     "qwen3_vl_30b_a3b": ("Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen3_vl_moe", "qwen3_vl_moe"),
     "qwen3_5_27b": ("Qwen/Qwen3.5-27B", "qwen3_5", "qwen3_5"),
+    "qwen3_5_35b_a3b": ("Qwen/Qwen3.5-35B-A3B", "qwen3_5_moe", "qwen3_5_moe"),
     "mistral3_small_24b": ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral3", "mistral3"),
     "glm4_1v_9b": ("zai-org/GLM-4.1V-9B-Thinking", "glm4v", "glm4v"),
 }

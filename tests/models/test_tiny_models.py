@@ -117,9 +117,9 @@ def test_chat_template_mimics_the_family(tiny):
     }
     expected["qwen2_5_vl"] = expected["qwen3_vl"] = expected["qwen3_vl_moe"] = expected["qwen2_vl"]
     # a thinking model opens its thought unless told not to (the adapter tells it: `template_kwargs`)
-    expected["qwen3_5"] = expected["qwen2_vl"] + "<think>\n"
+    expected["qwen3_5"] = expected["qwen3_5_moe"] = expected["qwen2_vl"] + "<think>\n"
     assert text.endswith(expected[family])
-    if family == "qwen3_5":
+    if family.startswith("qwen3_5"):
         closed = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], tokenize=False,
                                                add_generation_prompt=True, enable_thinking=False)
         assert closed == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -127,7 +127,7 @@ def test_chat_template_mimics_the_family(tiny):
 
 def test_image_token_id_names_the_family_token(tiny):
     family, _, model, processor = tiny
-    expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")} | {"gemma3": "<image_soft_token>"}
+    expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")} | {"gemma3": "<image_soft_token>"}
     expected["internvl"], expected["glm4v"], expected["gemma4"], expected["mistral3"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>", "[IMG]"
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")
