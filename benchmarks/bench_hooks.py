@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 from mllm_arb.interventions import edit_heads, knock_out_rows, scale_heads
-from mllm_arb.pipeline.heads.methods import all_heads
 
 from .common import BATCH_SIZES, MODELS, Result, header, paired_ratio, prepared, report
 
@@ -27,7 +26,7 @@ def run(model: str, rounds: int = 41) -> Result:
         adapter.model(**batch.inputs, use_cache=False)
 
     def hooked():
-        with edit_heads(adapter, scale_heads(all_heads(parts.n_layers, parts.n_heads), 1.0)), \
+        with edit_heads(adapter, scale_heads(parts.heads(), 1.0)), \
                 knock_out_rows(adapter, nothing, [range(parts.n_layers)] * len(batch)):  # fmt: skip
             adapter.model(**batch.inputs, use_cache=False)
 

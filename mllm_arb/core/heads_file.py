@@ -127,7 +127,10 @@ def read_head_set(path: str | Path) -> HeadSet:
         raise UserError(f"heads file {path} lacks {', '.join(missing)}")
     try:
         n_layers, n_heads = int(raw["n_layers"]), int(raw["n_heads"])
-        without = tuple(sorted({_layer(l) for l in raw.get("layers_without_heads") or ()}))
+        listed = raw.get("layers_without_heads") or []
+        if not isinstance(listed, list):
+            raise UserError(f"heads file {path}: layers_without_heads must be a list of layer indices, not {listed!r}")
+        without = tuple(sorted({_layer(l) for l in listed}))
         heads = tuple(_head(h) for h in raw["heads"])
         ranking = tuple((int(r["layer"]), int(r["head"])) for r in raw.get("ranking") or [])
         scores = tuple(float(r["score"]) for r in raw.get("ranking") or [])
@@ -148,7 +151,8 @@ def read_head_set(path: str | Path) -> HeadSet:
         raise UserError(f"heads file {path} lists a head twice")
     total = (n_layers - len(without)) * n_heads
     if ranking and len(ranking) != total:
-        raise UserError(f"heads file {path}: a ranking must list all {total} heads, not {len(ranking)}")
+        hint = "" if without else "; a model with linear-attention layers lists them as layers_without_heads"
+        raise UserError(f"heads file {path}: a ranking must list all {total} heads, not {len(ranking)}{hint}")
     known = {"format", "model", "n_layers", "n_heads", "heads", "ranking", "method", "rank_by",
              "dataset_fingerprint", "top_k", "rank_items", "layers_without_heads"}
     return HeadSet(

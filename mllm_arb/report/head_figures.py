@@ -50,7 +50,7 @@ def method_scatter(pooled: Mapping[str, Sequence[Sequence[float]]], reference: s
     for ax, m in zip(axes[0], others):
         y = np.ravel(pooled[m])
         ax.scatter(x, y, s=14, alpha=0.75, color=EDGE_COLOURS[0])
-        lim = max(1e-9, float(np.abs(np.concatenate([x, y])).max())) * 1.05
+        lim = max(1e-9, float(np.nanmax(np.abs(np.concatenate([x, y]))))) * 1.05  # NaN: layers without heads
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--")
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)

@@ -2,6 +2,7 @@
 commands end to end (tiny model and the organism), and their answers to bad input."""
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -252,6 +253,22 @@ def test_a_hybrid_decoder_ranks_and_edits_only_the_heads_of_its_attention_layers
     assert {r["set"] for r in rows} >= {"top", "random"} and {int(h.split(".")[0]) for h in edited} == {1, 3}
     scores = pq.read_table(ablated / "scores.parquet").to_pylist()
     assert {r["layer"] for r in scores} == {1, 3}
+    # every ranking method, their agreement, the CLI's table and the report's heat maps with those NaN layers
+    result = invoke("rank-heads", "--compare", *small, f"output_dir={out}")
+    assert result.exit_code == 0, result.output
+    assert "selected: 1 of 8 heads" in result.output
+    ranked = only_run(out, "rank-heads")
+    res = json.loads((ranked / "results.json").read_text())
+    for method, matrices in res["scores"].items():
+        pooled = matrices["pooled"]
+        assert all(math.isnan(v) for l in (0, 2) for v in pooled[l]) and not any(math.isnan(v) for l in (1, 3) for v in pooled[l]), method
+        assert {(e["layer"]) for e in res["top"][method]} <= {1, 3}
+    assert set(res["scores"]) == {"ablation", "attribution", "hybrid", "verified", "dla"}
+    assert all(-1 <= a["spearman"] <= 1 for a in res["agreement"].values())
+    result = invoke("report", str(ranked))
+    assert result.exit_code == 0, result.output
+    page = (ranked / "report.html").read_text()
+    assert "8 attention heads (2 attention layers × 4 heads; layers 0, 2 mix by linear attention and have none)" in page
     bad = HeadSet(model="qwen3_5_tiny", n_layers=4, n_heads=4, heads=((2, 1),))
     result = invoke("amplify", "--heads", str(write_head_set(tmp_path / "heads.json", bad)), *small, f"output_dir={out}")
     assert result.exit_code == 2 and "layer 2 of this model (qwen3_5_tiny) mixes by linear attention" in result.output

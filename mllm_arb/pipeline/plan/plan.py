@@ -8,8 +8,8 @@ memory), once with the fast paths and once without, so the counts are the run's 
 (`tests/pipeline/test_plan.py` holds them to a real run's, counted with hooks).
 
 What the counting cannot know is stated with the plan: scores are zeros, so the ranking that selects
-heads is a tie broken by head order (the selected set then includes layer 0, so every arm resumes from
-the first layer: the most a run can cost). Ranking methods that need gradients or the heads' outputs
+heads is a tie broken by head order (the selected set then includes the first layer with heads, so every
+arm resumes from there: the most a run can cost). Ranking methods that need gradients or the heads' outputs
 (attribution, hybrid, verified, dla), attention saliency and generated tokens are not planned yet.
 """
 
