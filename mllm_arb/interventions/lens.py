@@ -143,7 +143,10 @@ def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
 
     def write_hook(kind, layer):
         def hook(module, args, output):
-            record[kind][layer] = take(_written(output))
+            written = _written(output)
+            if args and written.shape != args[0].shape:  # Llama 4's MoE returns its rows flattened
+                written = written.reshape(args[0].shape)
+            record[kind][layer] = take(written)
 
         return hook
 

@@ -347,7 +347,7 @@ class PrefixRun:
             self.ledger.layer(index, hidden.shape[0], hidden.shape[1])
             return hidden
         with ExitStack() as stack:
-            if read_last and index == self.n_layers - 1 and self._final_is_last:
+            if read_last and index == self.n_layers - 1 and self._final_is_last and self.adapter.narrow_last_mlp:
                 stack.callback(self.parts.mlp(index).register_forward_pre_hook(_mlp_at_final, with_kwargs=True).remove)
             out = self.parts.layers[index](hidden, **kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out  # some layers return (hidden, ...)

@@ -65,6 +65,8 @@ class DecoderParts:
     softcap: float | None = None
     #: layers whose token mixer is linear attention (`linear_attn`: Qwen3.5's gated DeltaNet), not `self_attn`
     linear: frozenset[int] = frozenset()
+    #: the layers' MLP submodule (`feed_forward` in Llama 4)
+    mlp_name: str = "mlp"
 
     @property
     def n_layers(self) -> int:
@@ -100,7 +102,7 @@ class DecoderParts:
         return self.layers[layer].linear_attn if layer in self.linear else self.layers[layer].self_attn
 
     def mlp(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp
+        return getattr(self.layers[layer], self.mlp_name)
 
 
 class ModelAdapter:
@@ -144,6 +146,9 @@ class ModelAdapter:
     #: extra arguments of the chat template (a thinking model's thought closed empty, so that the answer is
     #: the next token the prompt asks for)
     template_kwargs: ClassVar[dict] = {}
+    #: whether a pass that reads only the final position may run the last layer's MLP there alone; not where the
+    #: layer reshapes the MLP's output to its own input's shape (Llama 4's MoE returns rows flattened)
+    narrow_last_mlp: ClassVar[bool] = True
     #: decoder layer types besides attention that the family's knockout and head edits are defined for
     #: ("linear_attention": Qwen3.5's gated DeltaNet); a model with any other such layer is refused at load
     mixers: ClassVar[tuple[str, ...]] = ()
@@ -180,6 +185,8 @@ class ModelAdapter:
         return getattr(self.parts.layers[layer], self.attn_output_module)
 
     def mlp_writer(self, layer: int) -> nn.Module:
+        if self.mlp_output_module == "mlp":
+            return self.parts.mlp(layer)
         return getattr(self.parts.layers[layer], self.mlp_output_module)
 
     def components(self) -> tuple[str, ...]:
@@ -262,7 +269,8 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
         return hasattr(getattr(layer, "self_attn", None), "o_proj")
 
     def mixes(layer) -> bool:
-        return (attends(layer) or hasattr(getattr(layer, "linear_attn", None), "out_proj")) and hasattr(layer, "mlp")
+        mixer = attends(layer) or hasattr(getattr(layer, "linear_attn", None), "out_proj")
+        return mixer and (hasattr(layer, "mlp") or hasattr(layer, "feed_forward"))
 
     candidates = []
     for name, module in model.named_modules():
@@ -291,5 +299,6 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
         head_dims.append(head_dim)
     softcap = getattr(text_cfg, "final_logit_softcapping", None)
     return DecoderParts(layers=layers, text_model=owner, final_norm=owner.norm, unembed=unembed, n_heads=n_heads,
-                        head_dims=tuple(head_dims), softcap=float(softcap) if softcap else None, linear=linear)
+                        head_dims=tuple(head_dims), softcap=float(softcap) if softcap else None, linear=linear,
+                        mlp_name="mlp" if hasattr(layers[0], "mlp") else "feed_forward")
 

@@ -19,6 +19,7 @@ from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .llama4 import Llama4Adapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
@@ -34,6 +35,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen3VLAdapter,
     Qwen3_5Adapter,
     Mistral3Adapter,
+    Llama4Adapter,
     Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,

@@ -56,6 +56,14 @@ class PixtralProcessor(ProcessorMixin):
 #: name a checkpoint gives them, and the class that builds them here
 _TWINS = {"PixtralProcessor": PixtralProcessor}
 
+
+def _image_twins() -> dict:
+    """Image processors transformers has only on torchvision, by the type a checkpoint names, and their
+    PIL twins here (`image_processing.py`)."""
+    from .image_processing import Llama4ImageProcessorPil
+
+    return {"Llama4ImageProcessor": Llama4ImageProcessorPil}
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -73,16 +81,19 @@ def load_processor(path_or_id: str | Path) -> ProcessorMixin:
         if twin is not None:
             return twin.from_pretrained(path)
         processor_class = _processor_class(path)
-        if not (missing_torchvision and processor_class is not None and _owns_video(processor_class)):
+        twin_images = missing_torchvision and _image_settings(path).get("image_processor_type") in _image_twins()
+        if not (missing_torchvision and processor_class is not None and (_owns_video(processor_class) or twin_images)):
             raise
-    return _load_without_video(path, processor_class)
+    return _load_guarded(path, processor_class)
 
 
 def assemble_processor(processor_class: type[ProcessorMixin], **parts) -> ProcessorMixin:
-    """`processor_class(**parts)`, allowing an empty video slot (see the module docstring)."""
+    """`processor_class(**parts)`, allowing an empty video slot and a PIL twin (see the module docstring)."""
     if _owns_video(processor_class) and parts.get("video_processor") is None:
-        processor_class = _without_video(processor_class)
+        processor_class = _guarded(processor_class)
         parts["video_processor"] = None
+    elif type(parts.get("image_processor")) in _image_twins().values():
+        processor_class = _guarded(processor_class)
     return processor_class(**parts)
 
 
@@ -130,15 +141,28 @@ def _owns_video(processor_class: type[ProcessorMixin]) -> bool:
     return "video_processor" in processor_class.get_attributes()
 
 
-def _load_without_video(path: Path, processor_class: type[ProcessorMixin]) -> ProcessorMixin:
+def _image_settings(path: Path) -> dict:
+    """The image processor's settings: preprocessor_config.json, or nested in processor_config.json."""
+    return _json(path / "preprocessor_config.json") or _json(path / "processor_config.json").get("image_processor") or {}
+
+
+def _image_processor(path: Path):
+    """The checkpoint's image processor, or its PIL twin where transformers has it only on torchvision."""
+    settings = _image_settings(path)
+    twin = _image_twins().get(settings.get("image_processor_type")) if not is_torchvision_available() else None
+    return twin.from_dict(settings) if twin is not None else AutoImageProcessor.from_pretrained(path)
+
+
+def _load_guarded(path: Path, processor_class: type[ProcessorMixin]) -> ProcessorMixin:
     parts = {
         "tokenizer": AutoTokenizer.from_pretrained(path),
-        "image_processor": AutoImageProcessor.from_pretrained(path),
+        "image_processor": _image_processor(path),
         "video_processor": None,
     }
-    guarded = _without_video(processor_class)
+    guarded = _guarded(processor_class)
     # get_processor_dict gathers the processor's own settings and chat template the way from_pretrained does.
     processor_dict, _ = guarded.get_processor_dict(path)
+    processor_dict.pop("image_processor", None)  # built above
     for name in guarded.get_attributes():
         if name not in parts:  # another sub-processor (Gemma 4's audio feature extractor), nested in processor_config.json
             parts[name] = _nested(processor_dict.pop(name, None), name, path)
@@ -156,13 +180,15 @@ def _nested(settings, name: str, path: Path):
     return getattr(transformers, kind).from_dict(settings)
 
 
-def _without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+def _guarded(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     from transformers import SmolVLMProcessor
 
     class Guarded(processor_class):
-        # The type check of sub-processors would reject the empty video slot; everything else is checked.
+        # The type check of sub-processors would reject the empty video slot and a PIL twin; everything else is checked.
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument_name == "video_processor" and argument is None:
+                return None
+            if argument_name == "image_processor" and type(argument) in _image_twins().values():
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 

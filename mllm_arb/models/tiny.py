@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -173,6 +173,13 @@ _MISTRAL3_TEMPLATE = (  # mistralai/Mistral-Small-3.1-24B-Instruct-2503, without
     "{% for block in message['content'] %}{% if block['type'] == 'image' %}[IMG]"
     "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}[/INST]"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+_LLAMA4_TEMPLATE = (  # meta-llama/Llama-4-Scout-17B-16E-Instruct, without its tool and date sections
+    "{{ bos_token }}{% for message in messages %}<|header_start|>{{ message['role'] }}<|header_end|>\n\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|image|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|header_start|>assistant<|header_end|>\n\n{% endif %}"
 )
 _IDEFICS3_TEMPLATE = (  # HuggingFaceM4/Idefics3-8B-Llama3
     "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -454,7 +461,7 @@ def _build_qwen3_vl_moe(tok):
 def _build_qwen3_5(tok):
     from transformers import Qwen3_5Config, Qwen3VLProcessor
 
-    # a quarter of each head is rotary (the real 64 of 256), its 4 frequencies interleaved over (t, h, w)
+    # half of each head is rotary (the real models: a quarter, 64 of 256), its 4 frequencies interleaved over (t, h, w)
     rope = {"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.25 * 2,
             "mrope_section": [2, 1, 1], "mrope_interleaved": True}
     # linear attention and full attention alternate (the real models: three linear layers to one full)
@@ -492,6 +499,29 @@ def _build_mistral3(tok):
                             vision_feature_layer=-1, tie_word_embeddings=False)
     ip = PixtralImageProcessorPil(size={"longest_edge": 8 * _PIXTRAL_PATCH * _PIXTRAL_MERGE}, patch_size=_PIXTRAL_PATCH)
     return config, ip, PixtralProcessor, dict(patch_size=_PIXTRAL_PATCH, spatial_merge_size=_PIXTRAL_MERGE)
+
+
+_LLAMA4_TILE, _LLAMA4_PATCH = 32, 8  # a 32 px tile of 4x4 patches, pixel-shuffled by 0.5: 4 tokens per tile
+
+
+def _build_llama4(tok):
+    from transformers import Llama4Config, Llama4Processor
+
+    from .image_processing import Llama4ImageProcessorPil
+
+    patch, image, start, end = _ids(tok, "<|patch|>", "<|image|>", "<|image_start|>", "<|image_end|>")
+    vision = _vision_tower("llama4_vision_model", _LLAMA4_TILE, _LLAMA4_PATCH, vision_output_dim=V_HIDDEN,
+                           projector_input_dim=V_HIDDEN, projector_output_dim=V_HIDDEN, pixel_shuffle_ratio=0.5)
+    vision["intermediate_size"] = 4 * V_HIDDEN  # the pixel shuffle's 2 x 2 features feed the vision MLP's width
+    # 4 layers: chunked attention (chunks of 16 positions) with rotary, and every 4th layer global without it
+    # (NoPE); MoE MLPs in every other layer (4 experts, 1 per token, and a shared expert), dense ones between
+    text = _text("llama4_text", tok, num_hidden_layers=4, intermediate_size=FFN // 2, intermediate_size_mlp=FFN,
+                 num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2, attention_chunk_size=16,
+                 rope_parameters={"rope_type": "default", "rope_theta": 500_000.0})
+    config = Llama4Config(vision_config=vision, text_config=text, image_token_index=patch, boi_token_index=start,
+                          eoi_token_index=end)
+    ip = Llama4ImageProcessorPil(size={"height": _LLAMA4_TILE, "width": _LLAMA4_TILE}, max_patches=4)
+    return config, ip, Llama4Processor, dict(patch_size=_LLAMA4_PATCH, pixel_shuffle_ratio=0.5)
 
 
 def _build_glm4v(tok):
@@ -675,6 +705,12 @@ FAMILIES: dict[str, _Family] = {
         bos="<s>", eos="</s>", pad="<pad>", add_bos=True,
         named_tokens={}, extra_tokens=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),
         chat_template=_MISTRAL3_TEMPLATE, build=_build_mistral3,
+    ),  # fmt: skip
+    "llama4": _Family(
+        bos="<|begin_of_text|>", eos="<|eot|>", pad="<|finetune_right_pad|>", add_bos=True,
+        named_tokens={}, extra_tokens=("<|header_start|>", "<|header_end|>", "<|image_start|>", "<|image_end|>", "<|image|>",
+                                       "<|patch|>", "<|tile_x_separator|>", "<|tile_y_separator|>"),
+        chat_template=_LLAMA4_TEMPLATE, build=_build_llama4,
     ),  # fmt: skip
     "glm4v": _Family(
         bos=None, eos="<|endoftext|>", pad="<|endoftext|>", add_bos=False,

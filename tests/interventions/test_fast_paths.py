@@ -96,7 +96,9 @@ def test_the_last_layers_mlp_at_the_final_position_alone_gives_the_same_bits(tin
     assert run.last_is_final  # left padding
     mlp = adapter.parts.mlp(adapter.parts.n_layers - 1)
     widths = []
-    handle = mlp.register_forward_hook(lambda m, args, out: widths.append((out[0] if isinstance(out, tuple) else out).shape[1]))
+    # the positions the MLP runs on (its input: Llama 4's MoE returns its rows flattened)
+    handle = mlp.register_forward_pre_hook(lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+                                           with_kwargs=True)
     try:
         hidden = dict(run.states())[1]
         widths.clear()
@@ -105,9 +107,11 @@ def test_the_last_layers_mlp_at_the_final_position_alone_gives_the_same_bits(tin
         slow = run.resume(1, hidden, 2)
     finally:
         handle.remove()
-    # the tiny Qwen3-VL's DeepStack writes after its last layer too: there the MLP keeps every position
-    assert widths == [1 if (run.n_layers - 1) not in run.gaps.writes else run.n_tokens, run.n_tokens]
-    assert widths[0] == 1 or family.startswith("qwen3_vl")
+    # the tiny Qwen3-VL's DeepStack writes after its last layer too: there the MLP keeps every position; so
+    # does Llama 4's, whose layer reshapes the MLP's output to its input (`narrow_last_mlp`)
+    narrow = (run.n_layers - 1) not in run.gaps.writes and adapter.narrow_last_mlp
+    assert widths == [1 if narrow else run.n_tokens, run.n_tokens]
+    assert widths[0] == 1 or family.startswith("qwen3_vl") or family == "llama4"
     torch.testing.assert_close(fast, slow, **TOL)
     torch.testing.assert_close(fast[: len(batch)], run.logits, **TOL)
     assert not mlp._forward_pre_hooks
@@ -300,6 +304,8 @@ def test_hybrid_scores_are_the_exact_last_position_drop_plus_attribution_elsewhe
     rest = attribution_scores(adapter, preps, everywhere) - attribution_scores(adapter, preps, last)
     hybrid = hybrid_scores(adapter, preps, everywhere)
     torch.testing.assert_close(hybrid, exact_last + rest, **TOL)
+    for scores in (hybrid, rest):  # NaN exactly in the layers without heads (Qwen3.5's linear attention)
+        assert scores.isnan().any(2).any(0).tolist() == [l in adapter.parts.linear for l in range(adapter.parts.n_layers)]
     assert not torch.allclose(hybrid, attribution_scores(adapter, preps, everywhere), equal_nan=True)
     torch.testing.assert_close(method_scores(adapter, preps, "hybrid", last), exact_last, **TOL)
     means = head_means(adapter, preps, "instruction")

@@ -201,3 +201,51 @@ def test_mistral3_lays_each_image_out_in_rows_closed_by_break_and_end_tokens():
     assert len(image) == 15 and all(tokens[p] == "[IMG]" for p in image)
     assert {tokens[p] for p in batch.spans[0]["system"]} >= {"[IMG_BREAK]", "[IMG_END]"}
     assert torch.isfinite(adapter.last_logits(batch)).all()
+
+
+def test_llama4_tiles_an_image_into_the_best_canvas_with_separators_and_a_global_view():
+    """The PIL twin of Llama 4's image processor (transformers has it on torchvision only): a 40 × 24 px
+    image fits a 1 × 2 canvas of 32 px tiles best (the least upscaling, then the least area), unscaled and
+    padded with 0 (-1 once normalised) at the right; each tile's 4 patch tokens are the image group, a row's
+    tiles are split by <|tile_x_separator|> and closed by <|tile_y_separator|>, and the global view follows
+    <|image|>; the model accepts the count."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from mllm_arb.models.image_processing import best_canvas, canvases, fit_inside
+
+    assert canvases(4, 224) == [(224, 896), (448, 448), (224, 224), (896, 224), (224, 672), (672, 224), (224, 448), (448, 224)]
+    assert best_canvas(200, 300, canvases(5, 224)) == (224, 448)  # upscales 1.12: the least of those above 1
+    assert best_canvas(2000, 3000, canvases(4, 224)) == (448, 448)  # no upscaling: the least downscaling
+    assert fit_inside(200, 300, 450, 200) == (133, 200) and fit_inside(800, 600, 450, 1300) == (450, 337)
+    adapter = load_adapter("tiny:llama4")
+    item = replace(conflict_items(1)[0], image=Image.new("RGB", (40, 24), (255, 255, 255)))
+    batch = adapter.build_batch(render_all([item], [Condition.TEXT_FOLLOWING]))
+    tokens = adapter.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][0])
+    start, end = tokens.index("<|image_start|>"), tokens.index("<|image_end|>")
+    patch = ["<|patch|>"] * 4
+    assert tokens[start : end + 1] == ["<|image_start|>", *patch, "<|tile_x_separator|>", *patch, "<|tile_y_separator|>",
+                                       "<|image|>", *patch, "<|image_end|>"]
+    assert [tokens[p] for p in batch.spans[0]["image"]] == ["<|patch|>"] * 12
+    pixels = batch.inputs["pixel_values"]  # two tiles, then the global view
+    assert pixels.shape == (3, 3, 32, 32) and (pixels[2] == 1).all()  # the global view: the whole image resized
+    assert (pixels[0, :, :24] == 1).all() and (pixels[0, :, 24:] == -1).all()  # padded below the image's 24 rows
+    assert (pixels[1, :, :24, :8] == 1).all() and (pixels[1, :, :, 8:] == -1).all() and (pixels[1, :, 24:] == -1).all()
+    assert torch.isfinite(adapter.last_logits(batch)).all()
+
+
+def test_llama4_still_needs_its_mend_on_the_installed_transformers():
+    """A tripwire: transformers 5.24's Llama4ForConditionalGeneration.forward reads `image_outputs` off its
+    language model's output, which has none, so a plain model fails on any input; the family's `mend` gives
+    it an empty one (models/llama4.py). When transformers fixes this, this test fails: drop the mend."""
+    from transformers import AutoModelForImageTextToText
+
+    path = materialise("tiny:llama4")
+    adapter = load_adapter(path)
+    batch = adapter.build_batch(render_all(conflict_items(1), [Condition.TEXT_FOLLOWING]))
+    plain = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with pytest.raises(AttributeError, match="image_outputs"), torch.no_grad():
+        plain(**batch.inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model(**batch.inputs).logits, adapter.model(**batch.inputs).logits)

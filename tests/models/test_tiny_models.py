@@ -10,15 +10,26 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoTokenizer, SmolVLMImageProcessorPil, SmolVLMProcessor
 
+from mllm_arb.core.prompt import render_all
+from mllm_arb.core.records import Condition
+from mllm_arb.models.llama4 import mend
+from mllm_arb.models.loading import load_adapter
 from mllm_arb.models.processor_loading import load_processor
 from mllm_arb.models.tiny import STUDY_SENTENCES, TINY_FAMILIES, save_tiny_model
+
+from ..conftest import conflict_items
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
 def tiny(request, tmp_path_factory):
     family = request.param
     path = save_tiny_model(family, tmp_path_factory.mktemp(family))
-    model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    return family, path, model, load_processor(path)
+    return family, path, _load(path), load_processor(path)
+
+
+def _load(path, **kwargs):
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
+    mend(model)  # Llama 4: transformers 5.24's multimodal forward needs it (models/llama4.py); others: nothing
+    return model
 
 
 def _chat(processor, text: str, image: bool = True) -> str:
@@ -77,9 +88,7 @@ def test_text_only_prompt_runs(tiny):
 def test_eager_and_sdpa_agree(tiny):
     _, path, _, processor = tiny
     inputs = _image_batch(processor)
-    sdpa, eager = (
-        AutoModelForImageTextToText.from_pretrained(path, attn_implementation=impl).eval() for impl in ("sdpa", "eager")
-    )
+    sdpa, eager = (_load(path, attn_implementation=impl) for impl in ("sdpa", "eager"))
     real = inputs["attention_mask"].bool()  # logits at padding positions are meaningless
     with torch.no_grad():
         torch.testing.assert_close(sdpa(**inputs).logits[real], eager(**inputs).logits[real], atol=1e-5, rtol=1e-4)
@@ -99,7 +108,7 @@ def test_tokenizer_round_trip(tiny):
 
 
 def test_chat_template_mimics_the_family(tiny):
-    family, _, _, processor = tiny
+    family, path, _, processor = tiny
     text = _chat(processor, "What color is the umbrella?")
     expected = {
         "llava": "USER: <image>\nWhat color is the umbrella? ASSISTANT:",
@@ -114,12 +123,16 @@ def test_chat_template_mimics_the_family(tiny):
         "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>What color is the umbrella?<|assistant|>\n",
         "mistral3": "<s>[INST][IMG]What color is the umbrella?[/INST]",
+        "llama4": "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>What color is the umbrella?<|eot|>"
+        "<|header_start|>assistant<|header_end|>\n\n",
     }
     expected["qwen2_5_vl"] = expected["qwen3_vl"] = expected["qwen3_vl_moe"] = expected["qwen2_vl"]
     # a thinking model opens its thought unless told not to (the adapter tells it: `template_kwargs`)
     expected["qwen3_5"] = expected["qwen3_5_moe"] = expected["qwen2_vl"] + "<think>\n"
     assert text.endswith(expected[family])
-    if family.startswith("qwen3_5"):
+    if family.startswith("qwen3_5"):  # the adapter closes the thought: the answer is the next token
+        adapter = load_adapter(str(path))
+        assert adapter.prompt_text(render_all(conflict_items(1), [Condition.TEXT_FOLLOWING])[0]).endswith("<think>\n\n</think>\n\n")
         closed = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], tokenize=False,
                                                add_generation_prompt=True, enable_thinking=False)
         assert closed == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -129,10 +142,12 @@ def test_image_token_id_names_the_family_token(tiny):
     family, _, model, processor = tiny
     expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")} | {"gemma3": "<image_soft_token>"}
     expected["internvl"], expected["glm4v"], expected["gemma4"], expected["mistral3"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>", "[IMG]"
+    expected["llama4"] = "<|patch|>"  # the features fill the patch tokens; <|image|> marks the global view
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")
-    # Gemma 3's processor names the begin-of-image token instead: take the id from the model config.
-    assert (processor.image_token_id == model.config.image_token_id) == (family != "gemma3")
+    # Gemma 3's processor names the begin-of-image token instead (Llama 4's the global view's marker): take
+    # the id from the model config.
+    assert (processor.image_token_id == model.config.image_token_id) == (family not in ("gemma3", "llama4"))
 
 
 def test_deterministic_from_seed(tmp_path):
