@@ -96,9 +96,10 @@ def test_the_last_layers_mlp_at_the_final_position_alone_gives_the_same_bits(tin
     assert run.last_is_final  # left padding
     mlp = adapter.parts.mlp(adapter.parts.n_layers - 1)
     widths = []
-    # the positions the MLP runs on (its input: Llama 4's MoE returns its rows flattened)
-    handle = mlp.register_forward_pre_hook(lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
-                                           with_kwargs=True)
+    # the positions the MLP ran on: its input as the forward got it, after `_mlp_at_final` (Llama 4's MoE
+    # returns its rows flattened, so its output cannot tell)
+    handle = mlp.register_forward_hook(lambda m, args, kwargs, out: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+                                       with_kwargs=True)
     try:
         hidden = dict(run.states())[1]
         widths.clear()
