@@ -11,7 +11,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "molmo2", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 
 @pytest.fixture(scope="session", autouse=True)

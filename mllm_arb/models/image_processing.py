@@ -1,7 +1,7 @@
 """PIL twins of image processors that transformers ships only as torchvision backends.
 
 This project does not depend on torchvision. Where a family's image processor exists only on torchvision
-(Llama 4's), its twin here reproduces the documented behaviour on PIL and NumPy, and the loader uses it
+(Llama 4's, Molmo 2's), its twin here reproduces that behaviour on PIL and NumPy, and the loader uses it
 when torchvision is missing (`processor_loading.py`). Resampling differs from torchvision's by rounding,
 as transformers' own PIL backends do.
 """
@@ -15,6 +15,15 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
+
+
+def _normalised(processor: PilBackend, image: np.ndarray, do_rescale: bool, rescale_factor: float, do_normalize: bool,
+                mean, std) -> np.ndarray:
+    if do_rescale:
+        image = processor.rescale(image, rescale_factor)
+    if do_normalize:
+        image = processor.normalize(image, mean, std)
+    return image
 
 
 class Llama4ImageProcessorKwargs(ImagesKwargs, total=False):
@@ -86,20 +95,119 @@ class Llama4ImageProcessorPil(PilBackend):
             resized = self.resize(image, SizeDict(height=new_h, width=new_w), resample=resample)
             canvas = np.zeros((resized.shape[0], canvas_h, canvas_w), dtype=resized.dtype)
             canvas[:, :new_h, :new_w] = resized
-            canvas = self._scale(canvas, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            canvas = _normalised(self, canvas, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
             rows, cols = canvas_h // tile, canvas_w // tile
             tiles = [canvas[:, r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
             if rows * cols > 1:
                 whole = self.resize(image, SizeDict(height=tile, width=tile), resample=resample)
-                tiles.append(self._scale(whole, do_rescale, rescale_factor, do_normalize, image_mean, image_std))
+                tiles.append(_normalised(self, whole, do_rescale, rescale_factor, do_normalize, image_mean, image_std))
             pixels += tiles
             ratios.append([rows, cols])
         data = {"pixel_values": np.stack(pixels) if return_tensors else pixels, "aspect_ratios": np.array(ratios)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _scale(self, image, do_rescale, rescale_factor, do_normalize, mean, std):
-        if do_rescale:
-            image = self.rescale(image, rescale_factor)
-        if do_normalize:
-            image = self.normalize(image, mean, std)
-        return image
+
+
+class Molmo2ImageProcessorKwargs(ImagesKwargs, total=False):
+    max_crops: int
+    overlap_margins: list[int]
+    patch_size: int
+    pooling_size: list[int]
+
+
+def molmo2_tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
+    """(rows, columns) of crop windows for an image: the tilings of at most `max_crops` windows, by count then
+    rows; the one needing the least upscaling, or, when every tiling must shrink the image, the least shrinking."""
+    tilings = sorted(((h, w) for h in range(1, max_crops + 1) for w in range(1, max_crops + 1) if h * w <= max_crops),
+                     key=lambda t: (t[0] * t[1], t[0]))
+    # float32 like the reference, so that ties and comparisons with 1 fall the same way
+    scales = [float(np.float32(min(np.float32(h * window) / np.float32(height), np.float32(w * window) / np.float32(width))))
+              for h, w in tilings]
+    if all(s < 1 for s in scales):
+        return tilings[int(np.argmax(scales))]
+    return tilings[int(np.argmin([s if s >= 1 else 1e10 for s in scales]))]
+
+
+def pooling_windows(grid: np.ndarray, pool_h: int, pool_w: int) -> np.ndarray:
+    """`[rows × cols, pool_h × pool_w]` patch indices grouped into pooling windows, the grid padded with -1
+    (split evenly, the extra row or column after) to whole windows."""
+    pad_h = -grid.shape[0] % pool_h
+    pad_w = -grid.shape[1] % pool_w
+    grid = np.pad(grid, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)), constant_values=-1)
+    rows, cols = grid.shape[0] // pool_h, grid.shape[1] // pool_w
+    return grid.reshape(rows, pool_h, cols, pool_w).transpose(0, 2, 1, 3).reshape(rows * cols, pool_h * pool_w)
+
+
+def to_patches(crop: np.ndarray, patch: int) -> np.ndarray:
+    """`[n_patches, patch × patch × C]` of a `[S, S, C]` crop, patches row by row, pixels row by row."""
+    size, _, channels = crop.shape
+    n = size // patch
+    return crop.reshape(n, patch, n, patch, channels).transpose(0, 2, 1, 3, 4).reshape(n * n, patch * patch * channels)
+
+
+class Molmo2ImageProcessorPil(PilBackend):
+    """Molmo 2's crops: a low-resolution view (the image resized to one crop) and overlapping crops of the image
+    resized to a canvas of windows (`max_crops` at most; crops overlap by `overlap_margins` patches, whose
+    patches count once), each cut into patches; `image_token_pooling` groups patch indices into
+    `pooling_size` windows (the low-resolution view's first), `image_grids` is (low-res rows, columns,
+    high-res rows, columns) of pooled tokens."""
+
+    valid_kwargs = Molmo2ImageProcessorKwargs
+    model_input_names = ["pixel_values", "image_token_pooling", "image_grids", "image_num_crops"]
+    resample = PILImageResampling.BILINEAR
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    size = {"height": 378, "width": 378}
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    max_crops = 8
+    overlap_margins = [4, 4]
+    patch_size = 14
+    pooling_size = [2, 2]
+
+    def _preprocess(self, images, size, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std,
+                    max_crops, overlap_margins, patch_size, pooling_size, return_tensors, **kwargs) -> BatchFeature:
+        if size.height != size.width:
+            raise ValueError(f"Molmo 2 crops are square: size height and width must be equal, not {size.height} and {size.width}")
+        crop, (pool_h, pool_w) = size.height, pooling_size
+        left, right = overlap_margins
+        per_crop = (crop // patch_size) ** 2
+        window = (crop // patch_size - left - right) * patch_size
+        margins = (left + right) * patch_size
+        pixels, pooled, grids, counts = [], [], [], []
+        offset = 0
+        for image in images:  # [C, H, W]
+            height, width = image.shape[-2:]
+            rows, cols = molmo2_tiling(height - margins, width - margins, window, max_crops)
+            canvas_h, canvas_w = rows * window + margins, cols * window + margins
+            canvas = self._scaled(image, canvas_h, canvas_w, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            low = self._scaled(image, crop, crop, resample, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            crops = [low] + [canvas[:, r * window : r * window + crop, c * window : c * window + crop] for r in range(rows) for c in range(cols)]
+            # each crop's patches, minus the margins it shares with its neighbours, laid out on the canvas
+            side = crop // patch_size
+            index = np.arange(rows * cols * per_crop).reshape(rows, cols, side, side)
+            if left:
+                index[1:, :, :left, :] = -1
+                index[:, 1:, :, :left] = -1
+            if right:
+                index[:-1, :, -right:, :] = -1
+                index[:, :-1, :, -right:] = -1
+            index = index.transpose(0, 2, 1, 3).reshape(-1)
+            high = index[index >= 0].reshape(canvas_h // patch_size, canvas_w // patch_size)
+            high_windows = pooling_windows(high, pool_h, pool_w)
+            low_windows = pooling_windows(np.arange(per_crop).reshape(side, side), pool_h, pool_w)
+            windows = np.concatenate([low_windows, np.where(high_windows >= 0, high_windows + per_crop, -1)])
+            pooled.append(np.where(windows >= 0, windows + offset, -1))
+            pixels.append(np.stack([to_patches(c.transpose(1, 2, 0), patch_size) for c in crops]))
+            grids.append([-(-side // pool_h), -(-side // pool_w), -(-high.shape[0] // pool_h), -(-high.shape[1] // pool_w)])
+            counts.append(len(crops))
+            offset += len(crops) * per_crop
+        data = {"pixel_values": np.concatenate(pixels), "image_token_pooling": np.concatenate(pooled),
+                "image_grids": np.array(grids, dtype=np.int64), "image_num_crops": np.array(counts, dtype=np.int64)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _scaled(self, image, height, width, resample, do_rescale, rescale_factor, do_normalize, mean, std):
+        resized = self.resize(image, SizeDict(height=height, width=width), resample=resample)
+        return _normalised(self, resized, do_rescale, rescale_factor, do_normalize, mean, std)

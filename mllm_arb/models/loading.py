@@ -22,6 +22,7 @@ from .llava_next import LlavaNextAdapter
 from .llama4 import Llama4Adapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .molmo2 import Molmo2Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -36,6 +37,7 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen3_5Adapter,
     Mistral3Adapter,
     Llama4Adapter,
+    Molmo2Adapter,
     Glm4vAdapter,
     Idefics3Adapter,
     Gemma3Adapter,

@@ -60,9 +60,9 @@ _TWINS = {"PixtralProcessor": PixtralProcessor}
 def _image_twins() -> dict:
     """Image processors transformers has only on torchvision, by the type a checkpoint names, and their
     PIL twins here (`image_processing.py`)."""
-    from .image_processing import Llama4ImageProcessorPil
+    from .image_processing import Llama4ImageProcessorPil, Molmo2ImageProcessorPil
 
-    return {"Llama4ImageProcessor": Llama4ImageProcessorPil}
+    return {"Llama4ImageProcessor": Llama4ImageProcessorPil, "Molmo2ImageProcessor": Molmo2ImageProcessorPil}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.prompt import CONTEXT_PREFIX, FORMAT_SENTENCE, TEXT_INSTRUCTION, VISION_INSTRUCTION
 
-TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
+TINY_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "molmo2", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
 # Shared text-model shape: GQA everywhere (4 query heads, 2 key/value heads).
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS = 64, 4, 2, 16, 128, 2
@@ -180,6 +180,13 @@ _LLAMA4_TEMPLATE = (  # meta-llama/Llama-4-Scout-17B-16E-Instruct, without its t
     "{% if content['type'] == 'image' %}<|image|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|eot|>{% endfor %}"
     "{% if add_generation_prompt %}<|header_start|>assistant<|header_end|>\n\n{% endif %}"
+)
+_MOLMO2_TEMPLATE = (  # allenai/Molmo2-*: Qwen turns after the processor's leading BOS, images first in a turn
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] if content['type'] == 'image' %}<|image|>{% endfor %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _IDEFICS3_TEMPLATE = (  # HuggingFaceM4/Idefics3-8B-Llama3
     "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -524,6 +531,29 @@ def _build_llama4(tok):
     return config, ip, Llama4Processor, dict(patch_size=_LLAMA4_PATCH, pixel_shuffle_ratio=0.5)
 
 
+_MOLMO2_CROP, _MOLMO2_PATCH = 32, 4  # 8 x 8 patches a crop, 1-patch overlap margins, pooled 2 x 2: 16 tokens a crop
+
+
+def _build_molmo2(tok):
+    from transformers import Molmo2Config, Molmo2Processor
+
+    from .image_processing import Molmo2ImageProcessorPil
+
+    ids = dict(zip(("image_start_token_id", "low_res_image_start_token_id", "image_end_token_id", "image_patch_id",
+                    "frame_start_token_id", "frame_end_token_id"),
+                   _ids(tok, "<im_start>", "<low_res_im_start>", "<im_end>", "<im_patch>", "<frame_start>", "<frame_end>")))
+    vision = dict(hidden_size=V_HIDDEN, intermediate_size=V_FFN, num_hidden_layers=V_LAYERS, num_attention_heads=V_HEADS,
+                  num_key_value_heads=V_HEADS, head_dim=V_HIDDEN // V_HEADS, image_size=[_MOLMO2_CROP] * 2,
+                  patch_size=_MOLMO2_PATCH)
+    adapter = dict(vision_feature_layer=[-1, -2], hidden_size=V_HIDDEN, num_attention_heads=V_HEADS,
+                   num_key_value_heads=V_HEADS, head_dim=V_HIDDEN // V_HEADS, intermediate_size=FFN, text_hidden_size=HIDDEN)
+    text = _text("molmo2_text", tok, additional_vocab_size=0, qk_norm_type="qwen3")
+    config = Molmo2Config(vision_config=vision, adapter_config=adapter, text_config=text, **ids)
+    ip = Molmo2ImageProcessorPil(size={"height": _MOLMO2_CROP, "width": _MOLMO2_CROP}, patch_size=_MOLMO2_PATCH,
+                                 overlap_margins=[1, 1], max_crops=4, pooling_size=[2, 2])
+    return config, ip, Molmo2Processor, {}
+
+
 def _build_glm4v(tok):
     from transformers import Glm4vConfig, Glm4vImageProcessorPil, Glm4vProcessor
 
@@ -711,6 +741,13 @@ FAMILIES: dict[str, _Family] = {
         named_tokens={}, extra_tokens=("<|header_start|>", "<|header_end|>", "<|image_start|>", "<|image_end|>", "<|image|>",
                                        "<|patch|>", "<|tile_x_separator|>", "<|tile_y_separator|>"),
         chat_template=_LLAMA4_TEMPLATE, build=_build_llama4,
+    ),  # fmt: skip
+    "molmo2": _Family(
+        bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", add_bos=False,
+        named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+        extra_tokens=("<|im_start|>", "<im_patch>", "<im_col>", "<im_start>", "<low_res_im_start>", "<frame_start>",
+                      "<im_end>", "<frame_end>", "<im_low>"),
+        chat_template=_MOLMO2_TEMPLATE, build=_build_molmo2, generation_eos=("<|im_end|>", "<|endoftext|>"),
     ),  # fmt: skip
     "glm4v": _Family(
         bos=None, eos="<|endoftext|>", pad="<|endoftext|>", add_bos=False,

@@ -249,3 +249,31 @@ def test_llama4_still_needs_its_mend_on_the_installed_transformers():
         plain(**batch.inputs)
     with torch.no_grad():
         torch.testing.assert_close(adapter.model(**batch.inputs).logits, adapter.model(**batch.inputs).logits)
+
+
+def test_molmo2_lays_out_a_low_resolution_view_then_pooled_overlapping_crops():
+    """The PIL twin of Molmo 2's image processor (transformers has it on torchvision only). The tiny model's
+    crops are 32 px of 4 px patches with 1-patch overlap margins, so each crop adds a 24 px window: a 40 × 24
+    image takes a 1 × 2 tiling (the least upscaling), a 32 × 56 canvas, 3 crops (the low-resolution view
+    first); pooled 2 × 2, the low view is 4 rows of 4 tokens and the canvas 4 rows of 7, each row closed by
+    <im_col>. The image group is the <im_patch> positions of both views, and the model accepts the count."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from mllm_arb.models.image_processing import molmo2_tiling, pooling_windows
+
+    assert molmo2_tiling(16, 32, 24, 4) == (1, 2) and molmo2_tiling(400, 400, 24, 4) == (2, 2)  # the latter shrinks least
+    assert pooling_windows(torch.arange(9).reshape(3, 3).numpy(), 2, 2).tolist() == [[0, 1, 3, 4], [2, -1, 5, -1],
+                                                                                    [6, 7, -1, -1], [8, -1, -1, -1]]
+    adapter = load_adapter("tiny:molmo2")
+    item = replace(conflict_items(1)[0], image=Image.new("RGB", (40, 24), (255, 255, 255)))
+    batch = adapter.build_batch(render_all([item], [Condition.TEXT_FOLLOWING]))
+    tokens = adapter.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][0])
+    start = tokens.index("<low_res_im_start>")
+    low, high = (["<im_patch>"] * 4 + ["<im_col>"]) * 4, (["<im_patch>"] * 7 + ["<im_col>"]) * 4
+    assert tokens[start : start + 2 + len(low) + 2 + len(high)] == ["<low_res_im_start>", *low, "<im_end>", "<im_start>", *high, "<im_end>"]
+    assert [tokens[p] for p in batch.spans[0]["image"]] == ["<im_patch>"] * 44
+    assert batch.inputs["pixel_values"].shape == (3, 64, 4 * 4 * 3) and batch.inputs["image_token_pooling"].shape == (44, 4)
+    assert batch.inputs["image_grids"].tolist() == [[4, 4, 4, 7]]
+    assert torch.isfinite(adapter.last_logits(batch)).all()

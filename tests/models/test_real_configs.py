@@ -30,6 +30,7 @@ REAL = {
     "qwen3_5_35b_a3b": ("Qwen/Qwen3.5-35B-A3B", "qwen3_5_moe", "qwen3_5_moe"),
     "mistral3_small_24b": ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral3", "mistral3"),
     "llama4_scout": ("meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4", "llama4"),
+    "molmo2_8b": ("allenai/Molmo2-8B", "molmo2", "molmo2"),
     "glm4_1v_9b": ("zai-org/GLM-4.1V-9B-Thinking", "glm4v", "glm4v"),
 }
 

@@ -123,6 +123,7 @@ def test_chat_template_mimics_the_family(tiny):
         "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>What color is the umbrella?<|assistant|>\n",
         "mistral3": "<s>[INST][IMG]What color is the umbrella?[/INST]",
+        "molmo2": "<|endoftext|><|im_start|>user\n<|image|>What color is the umbrella?<|im_end|>\n<|im_start|>assistant\n",
         "llama4": "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>What color is the umbrella?<|eot|>"
         "<|header_start|>assistant<|header_end|>\n\n",
     }
@@ -143,11 +144,12 @@ def test_image_token_id_names_the_family_token(tiny):
     expected = {f: "<|image_pad|>" for f in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")} | {"gemma3": "<image_soft_token>"}
     expected["internvl"], expected["glm4v"], expected["gemma4"], expected["mistral3"] = "<IMG_CONTEXT>", "<|image|>", "<|image|>", "[IMG]"
     expected["llama4"] = "<|patch|>"  # the features fill the patch tokens; <|image|> marks the global view
+    expected["molmo2"] = "<im_patch>"  # the pooled features fill the patch tokens; <|image|> is the prompt's placeholder
     token = processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)
     assert token == expected.get(family, "<image>")
     # Gemma 3's processor names the begin-of-image token instead (Llama 4's the global view's marker): take
     # the id from the model config.
-    assert (processor.image_token_id == model.config.image_token_id) == (family not in ("gemma3", "llama4"))
+    assert (processor.image_token_id == model.config.image_token_id) == (family not in ("gemma3", "llama4", "molmo2"))
 
 
 def test_deterministic_from_seed(tmp_path):
