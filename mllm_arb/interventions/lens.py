@@ -144,7 +144,7 @@ def record_residuals(adapter, positions: torch.Tensor) -> Iterator[dict]:
     def write_hook(kind, layer):
         def hook(module, args, output):
             written = _written(output)
-            if args and written.shape != args[0].shape:  # Llama 4's MoE returns its rows flattened
+            if args and written.dim() == 2 and args[0].dim() == 3:  # Llama 4's MoE returns its rows flattened
                 written = written.reshape(args[0].shape)
             record[kind][layer] = take(written)
 

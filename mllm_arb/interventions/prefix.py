@@ -279,10 +279,17 @@ class PrefixRun:
 
     def _planned_reach(self) -> torch.Tensor:
         """`_furthest_keys` from the token groups when planning: causal, except that an image sees its
-        own later positions where the family says so (Gemma 3)."""
+        own later positions where the family says so (Gemma 3; Molmo 2's block from `mm_token_type_ids`)."""
         n = self.n_tokens
         reach = torch.arange(n)
-        if self.adapter.image_sees_ahead:
+        blocks = self._batch.inputs.get("mm_token_type_ids")
+        if self.adapter.image_sees_ahead and blocks is not None:
+            # Molmo 2: every image token of a row, markers included, in one block that sees its last position
+            for row in (blocks.cpu() == 1):
+                where = row.nonzero().flatten()
+                if len(where):
+                    reach[where] = torch.maximum(reach[where], where[-1])
+        elif self.adapter.image_sees_ahead:
             for spans in self._batch.spans:
                 image = sorted(spans.get("image", []))
                 start = 0

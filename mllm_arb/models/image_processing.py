@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
@@ -209,5 +211,11 @@ class Molmo2ImageProcessorPil(PilBackend):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _scaled(self, image, height, width, resample, do_rescale, rescale_factor, do_normalize, mean, std):
-        resized = self.resize(image, SizeDict(height=height, width=width), resample=resample)
+        # bilinear without antialiasing, in float, rounded back to bytes: Molmo 2's own resize (PIL's bilinear
+        # antialiases when it shrinks, and the low-resolution view nearly always shrinks)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).float()[None]
+        resized = F.interpolate(pixels, size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
+        if not np.issubdtype(image.dtype, np.floating):
+            resized = resized.round().clamp(0, 255)
+        resized = resized.numpy().astype(image.dtype)
         return _normalised(self, resized, do_rescale, rescale_factor, do_normalize, mean, std)

@@ -8,6 +8,8 @@ included), returned flattened with the router's logits. Most layers attend withi
 scaled by position): a knockout edits each layer's own mask.
 """
 
+from transformers.utils import ModelOutput
+
 from .adapter import ModelAdapter
 
 
@@ -27,7 +29,7 @@ def _with_image_outputs(module, args, output):
     model's output, which has no such field, so every multimodal forward pass raises AttributeError. The
     field is only passed through to the result; giving the output an empty one lets the model's own
     forward run unchanged."""
-    if not hasattr(output, "image_outputs"):
+    if isinstance(output, ModelOutput) and not hasattr(output, "image_outputs"):
         object.__setattr__(output, "image_outputs", None)
     return output
 

@@ -81,7 +81,7 @@ def load_processor(path_or_id: str | Path) -> ProcessorMixin:
         if twin is not None:
             return twin.from_pretrained(path)
         processor_class = _processor_class(path)
-        twin_images = missing_torchvision and _image_settings(path).get("image_processor_type") in _image_twins()
+        twin_images = missing_torchvision and _twin_of(_image_settings(path)) is not None
         if not (missing_torchvision and processor_class is not None and (_owns_video(processor_class) or twin_images)):
             raise
     return _load_guarded(path, processor_class)
@@ -141,6 +141,12 @@ def _owns_video(processor_class: type[ProcessorMixin]) -> bool:
     return "video_processor" in processor_class.get_attributes()
 
 
+def _twin_of(settings: dict):
+    """The PIL twin for an image processor's settings, or None; checkpoints saved by transformers 4 name the
+    torchvision class with its `Fast` suffix."""
+    return _image_twins().get(str(settings.get("image_processor_type") or "").removesuffix("Fast"))
+
+
 def _image_settings(path: Path) -> dict:
     """The image processor's settings: preprocessor_config.json, or nested in processor_config.json."""
     return _json(path / "preprocessor_config.json") or _json(path / "processor_config.json").get("image_processor") or {}
@@ -149,7 +155,7 @@ def _image_settings(path: Path) -> dict:
 def _image_processor(path: Path):
     """The checkpoint's image processor, or its PIL twin where transformers has it only on torchvision."""
     settings = _image_settings(path)
-    twin = _image_twins().get(settings.get("image_processor_type")) if not is_torchvision_available() else None
+    twin = _twin_of(settings) if not is_torchvision_available() else None
     return twin.from_dict(settings) if twin is not None else AutoImageProcessor.from_pretrained(path)
 
 

@@ -241,14 +241,54 @@ def test_llama4_still_needs_its_mend_on_the_installed_transformers():
     it an empty one (models/llama4.py). When transformers fixes this, this test fails: drop the mend."""
     from transformers import AutoModelForImageTextToText
 
+    from mllm_arb.models.llama4 import mend
+
     path = materialise("tiny:llama4")
     adapter = load_adapter(path)
     batch = adapter.build_batch(render_all(conflict_items(1), [Condition.TEXT_FOLLOWING]))
     plain = AutoModelForImageTextToText.from_pretrained(path).eval()
     with pytest.raises(AttributeError, match="image_outputs"), torch.no_grad():
         plain(**batch.inputs)
+    mended = AutoModelForImageTextToText.from_pretrained(path).eval()
+    mend(mended)
+    rows = torch.arange(len(batch))
     with torch.no_grad():
-        torch.testing.assert_close(adapter.model(**batch.inputs).logits, adapter.model(**batch.inputs).logits)
+        torch.testing.assert_close(mended(**batch.inputs).logits[rows, batch.last].float(), adapter.last_logits(batch))
+
+
+def test_a_checkpoint_naming_the_fast_image_processor_loads_its_pil_twin(tmp_path):
+    """Checkpoints saved by transformers 4 name Llama 4's torchvision image processor with its `Fast` suffix;
+    without torchvision the loader still finds the PIL twin."""
+    import json
+    import shutil
+
+    from transformers.utils import is_torchvision_available
+
+    from mllm_arb.models.image_processing import Llama4ImageProcessorPil
+    from mllm_arb.models.processor_loading import load_processor
+
+    folder = tmp_path / "llama4"
+    shutil.copytree(materialise("tiny:llama4"), folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["image_processor"]["image_processor_type"] = "Llama4ImageProcessorFast"
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    processor = load_processor(folder)
+    assert is_torchvision_available() or type(processor.image_processor) is Llama4ImageProcessorPil
+
+
+def test_a_post_norm_molmo2_is_refused_in_one_line(tmp_path):
+    """The OLMo-based Molmo 2 writes through norms after each sublayer (`norm_after`), which its family file
+    does not declare: refused, not mis-measured."""
+    import json
+    import shutil
+
+    folder = tmp_path / "molmo2"
+    shutil.copytree(materialise("tiny:molmo2"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["norm_after"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="norm_after"):
+        load_adapter(str(folder))
 
 
 def test_molmo2_lays_out_a_low_resolution_view_then_pooled_overlapping_crops():

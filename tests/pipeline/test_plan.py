@@ -25,8 +25,9 @@ SMALL = ["data.n_items=12", "analysis.max_items=4", "batch_size=4", "sweep.n_ran
 
 #: a representative few (an end-to-end check of the planner, not an identity): the plain layout, tiles,
 #: the model's own positions, a between-layer writer, bidirectional image attention, and a recurrent state
-#: along the sequence (no suffix sweeps: Qwen3.5, planned by the same rule as Gemma 4's shared keys and values)
-PLANNED = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "qwen3_5", "gemma3")
+#: along the sequence (no suffix sweeps: Qwen3.5, planned by the same rule as Gemma 4's shared keys and values),
+#: and one bidirectional block of every image token (Molmo 2)
+PLANNED = ("llava", "llava_next", "qwen2_vl", "qwen3_vl", "qwen3_5", "gemma3", "molmo2")
 
 
 @pytest.mark.parametrize("family", PLANNED)
