@@ -23,8 +23,9 @@ install: $(STAMP)
 analyze: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mllm-arb analyze
 
+# two workers, each test file on one of them (its module fixtures load each tiny model once)
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # measured ratios of the fast paths against the straightforward ones (benchmarks/, docs/performance.md); < 10 min on 2 cores
 bench: $(STAMP)

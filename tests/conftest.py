@@ -3,13 +3,23 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers set an 80-column terminal; the suite reads output as a log does (no terminal, wide tables)
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+# transformers binds its log handler to the stderr of its first log call: make that the session's, not the
+# stream of a CLI run inside a test (closed after it, so a later warning would print "Logging error")
+hf_logging.get_verbosity()
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "mistral3", "llama4", "molmo2", "glm4v", "idefics3", "gemma3", "gemma4", "internvl")
 
@@ -61,7 +71,15 @@ def invoke(*args):
 
     from mllm_arb.cli import app
 
-    result = CliRunner().invoke(app, list(args))
+    # a grid run configures logging as Hydra's launcher does, handlers bound to this run's captured streams:
+    # the next test must not log into them once they are closed
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert "Traceback" not in result.output
     return result
 
