@@ -269,6 +269,11 @@ def test_a_hybrid_decoder_ranks_and_edits_only_the_heads_of_its_attention_layers
     assert result.exit_code == 0, result.output
     page = (ranked / "report.html").read_text()
     assert "8 attention heads (2 attention layers × 4 heads; layers 0, 2 mix by linear attention and have none)" in page
+    # a knockout that linear-attention layers cannot make exactly (a group cut from itself): one line, exit 2,
+    # before the stage starts
+    result = invoke("analyze", *small, "analysis.edges=[context:context]", f"output_dir={out}")
+    assert result.exit_code == 2 and "context->context: layers [0, 2] mix by linear attention" in result.output
+    assert not (out / "analyze").exists()
     bad = HeadSet(model="qwen3_5_tiny", n_layers=4, n_heads=4, heads=((2, 1),))
     result = invoke("amplify", "--heads", str(write_head_set(tmp_path / "heads.json", bad)), *small, f"output_dir={out}")
     assert result.exit_code == 2 and "layer 2 of this model (qwen3_5_tiny) mixes by linear attention" in result.output

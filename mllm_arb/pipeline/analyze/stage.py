@@ -44,11 +44,18 @@ def analysis_samples(cfg: DictConfig) -> tuple[list, str, str, list]:
     return items, fp, items_fp, render_all(items, parse_conditions(a.settings, "analysis.settings"), **cfg.templates)
 
 
-def knockout_plan(cfg: DictConfig, edges, n_layers: int) -> KnockoutPlan:
+def knockout_plan(cfg: DictConfig, edges, n_layers: int, linear: frozenset[int] = frozenset()) -> KnockoutPlan:
+    """The knockout sweep of `cfg`, refused before anything runs where it cannot be exact: a window outside the
+    model, or an edge from a group to itself where layers mix by linear attention (`linear`: those layers),
+    whose knockout needs every target cut from sources that are not targets themselves."""
     a = cfg.analysis
     window = int(a.window) if a.window else default_window_size(n_layers)
     if not 1 <= window <= n_layers:
         raise UserError(f"analysis.window={window} must lie in [1, {n_layers}] (the model has {n_layers} layers)")
+    selfish = [f"{src}->{dst}" for src, dst in edges if src == dst]
+    if linear and selfish:
+        raise UserError(f"analysis.edges {', '.join(selfish)}: layers {sorted(linear)} mix by linear attention, where a knockout "
+                        "must cut its targets from other positions (docs/method.md §4); drop those edges for this model")
     return KnockoutPlan(edges=edges, window=window, n_layers=n_layers, cumulative=bool(a.cumulative))
 
 
@@ -61,7 +68,7 @@ def analyze_stage(cfg: DictConfig, resume: Path | None = None) -> StageResult:
             adapter = load_model(cfg, ranks)
         check_answers(adapter.tokenizer, samples)
         n_layers = adapter.parts.n_layers
-        plan = knockout_plan(cfg, edges, n_layers)
+        plan = knockout_plan(cfg, edges, n_layers, adapter.parts.linear)
         window = plan.window
         units = list(batches(samples, cfg.batch_size))
         with Stage.open(cfg, "analyze", resume, ranks, fp, model_source=str(cfg.model.path), n_samples=len(samples),

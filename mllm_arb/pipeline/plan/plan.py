@@ -103,7 +103,7 @@ def plan_evaluate(cfg: DictConfig, adapter: ModelAdapter) -> dict:
 def plan_analyze(cfg: DictConfig, adapter: ModelAdapter) -> dict:
     a = cfg.analysis
     _, _, _, samples = analysis_samples(cfg)
-    plan = knockout_plan(cfg, analysis_edges(cfg), adapter.parts.n_layers)
+    plan = knockout_plan(cfg, analysis_edges(cfg), adapter.parts.n_layers, adapter.parts.linear)
 
     def work(fast: bool) -> None:
         for unit in batches(samples, cfg.batch_size):  # the stage's units: one batch each
