@@ -116,9 +116,10 @@ class ModelAdapter:
     example_checkpoint: ClassVar[str] = ""
     #: attribute names of the image token id in the model config, first found wins
     image_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id", "image_token_index")
-    #: residual writers of a layer (Gemma's sandwich norms write through their post-norms)
-    attn_output_module: ClassVar[str] = "self_attn"
-    mlp_output_module: ClassVar[str] = "mlp"
+    #: residual writers of a layer where they are not its token mixer and MLP themselves (Gemma's sandwich
+    #: norms write through their post-norms); empty: the mixer and MLP that introspection found
+    attn_output_module: ClassVar[str] = ""
+    mlp_output_module: ClassVar[str] = ""
     #: position ids counted from the attention mask, as generation counts them, so that a left-padded
     #: row's tokens start at 0 and a sample scores the same alone and in a padded batch; off for families
     #: whose model derives its own positions from the batch (Qwen2-VL's 3-D rotary)
@@ -180,12 +181,12 @@ class ModelAdapter:
 
     def attn_writer(self, layer: int) -> nn.Module:
         """The module whose output is the attention sublayer's write into the residual stream."""
-        if layer in self.parts.linear and self.attn_output_module == "self_attn":
+        if not self.attn_output_module:
             return self.parts.attn(layer)
         return getattr(self.parts.layers[layer], self.attn_output_module)
 
     def mlp_writer(self, layer: int) -> nn.Module:
-        if self.mlp_output_module == "mlp":
+        if not self.mlp_output_module:
             return self.parts.mlp(layer)
         return getattr(self.parts.layers[layer], self.mlp_output_module)
 

@@ -19,13 +19,23 @@ from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs
 
 
-def _normalised(processor: PilBackend, image: np.ndarray, do_rescale: bool, rescale_factor: float, do_normalize: bool,
-                mean, std) -> np.ndarray:
-    if do_rescale:
-        image = processor.rescale(image, rescale_factor)
-    if do_normalize:
-        image = processor.normalize(image, mean, std)
-    return image
+class _PilTwin(PilBackend):
+    """What both twins share: bilinear resampling, RGB, rescaled to [0, 1] and normalised around 0.5."""
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+
+    def _normalised(self, image: np.ndarray, do_rescale: bool, rescale_factor: float, do_normalize: bool, mean, std) -> np.ndarray:
+        if do_rescale:
+            image = self.rescale(image, rescale_factor)
+        if do_normalize:
+            image = self.normalize(image, mean, std)
+        return image
 
 
 class Llama4ImageProcessorKwargs(ImagesKwargs, total=False):
@@ -61,20 +71,13 @@ def fit_inside(height: int, width: int, target_h: int, target_w: int) -> tuple[i
     return target_h, max(min(math.floor(width * scale_h), target_w), 1)
 
 
-class Llama4ImageProcessorPil(PilBackend):
+class Llama4ImageProcessorPil(_PilTwin):
     """Llama 4's tiling: the image is resized without distortion into the best canvas of up to `max_patches`
     square tiles (upscaled only as far as one tile's side, unless `resize_to_max_canvas`), padded with 0
     at the bottom and right, normalised and cut into tiles row by row; an image of several tiles also gets
     the whole image resized to one tile (the global view) after them. `aspect_ratios` is (rows, columns)."""
 
-    resample = PILImageResampling.BILINEAR
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
     size = {"height": 336, "width": 336}
-    do_resize = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
     max_patches = 16
     resize_to_max_canvas = False
     valid_kwargs = Llama4ImageProcessorKwargs
@@ -97,12 +100,12 @@ class Llama4ImageProcessorPil(PilBackend):
             resized = self.resize(image, SizeDict(height=new_h, width=new_w), resample=resample)
             canvas = np.zeros((resized.shape[0], canvas_h, canvas_w), dtype=resized.dtype)
             canvas[:, :new_h, :new_w] = resized
-            canvas = _normalised(self, canvas, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            canvas = self._normalised(canvas, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
             rows, cols = canvas_h // tile, canvas_w // tile
             tiles = [canvas[:, r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
             if rows * cols > 1:
                 whole = self.resize(image, SizeDict(height=tile, width=tile), resample=resample)
-                tiles.append(_normalised(self, whole, do_rescale, rescale_factor, do_normalize, image_mean, image_std))
+                tiles.append(self._normalised(whole, do_rescale, rescale_factor, do_normalize, image_mean, image_std))
             pixels += tiles
             ratios.append([rows, cols])
         data = {"pixel_values": np.stack(pixels) if return_tensors else pixels, "aspect_ratios": np.array(ratios)}
@@ -147,7 +150,7 @@ def to_patches(crop: np.ndarray, patch: int) -> np.ndarray:
     return crop.reshape(n, patch, n, patch, channels).transpose(0, 2, 1, 3, 4).reshape(n * n, patch * patch * channels)
 
 
-class Molmo2ImageProcessorPil(PilBackend):
+class Molmo2ImageProcessorPil(_PilTwin):
     """Molmo 2's crops: a low-resolution view (the image resized to one crop) and overlapping crops of the image
     resized to a canvas of windows (`max_crops` at most; crops overlap by `overlap_margins` patches, whose
     patches count once), each cut into patches; `image_token_pooling` groups patch indices into
@@ -156,14 +159,7 @@ class Molmo2ImageProcessorPil(PilBackend):
 
     valid_kwargs = Molmo2ImageProcessorKwargs
     model_input_names = ["pixel_values", "image_token_pooling", "image_grids", "image_num_crops"]
-    resample = PILImageResampling.BILINEAR
-    image_mean = [0.5, 0.5, 0.5]
-    image_std = [0.5, 0.5, 0.5]
     size = {"height": 378, "width": 378}
-    do_resize = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
     max_crops = 8
     overlap_margins = [4, 4]
     patch_size = 14
@@ -218,4 +214,4 @@ class Molmo2ImageProcessorPil(PilBackend):
         if not np.issubdtype(image.dtype, np.floating):
             resized = resized.round().clamp(0, 255)
         resized = resized.numpy().astype(image.dtype)
-        return _normalised(self, resized, do_rescale, rescale_factor, do_normalize, mean, std)
+        return self._normalised(resized, do_rescale, rescale_factor, do_normalize, mean, std)
